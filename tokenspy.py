@@ -1,0 +1,1548 @@
+#!/usr/bin/env python3
+"""Token Spy: a transparent LLM API proxy that logs every turn's tokens and cost to SQLite.
+
+    python3 tokenspy.py --port 9110          # then point your agent at http://127.0.0.1:9110
+
+Agents keep talking to their provider (Anthropic Messages, OpenAI Chat Completions and
+Responses, OpenAI-compatible servers) through Token Spy. Requests and responses are
+relayed untouched, streams chunk by chunk; a copy of each exchange (a Flow) is handed to
+one background thread that works out usage, cost and prompt metrics and writes a row.
+The same port serves a JSON API and the dashboard.
+
+    client -> relay -> upstream            (request threads; bytes only)
+    relay  => Flow  -> queue -> Recorder -> SQLite   (one thread; parsing, pricing, writes)
+    curl / dashboard -> JSON API -> read-only queries
+
+Standard library only; Python 3.9 or newer. See README.md.
+"""
+
+import argparse
+import gzip
+import http.client
+import json
+import logging
+import os
+import queue
+import re
+import socket
+import ssl
+import sys
+import threading
+import time
+import zlib
+from collections import namedtuple
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import tokenspy_db
+
+__version__ = "0.1.0"
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+log = logging.getLogger("tokenspy")
+
+# ---------------------------------------------------------------------------
+# Settings: every command-line flag, its environment variables and its default
+# ---------------------------------------------------------------------------
+
+Option = namedtuple("Option", "flag env default help kind")
+
+# kind: str | int | float | bool. The first env name is Token Spy's own; the others are the
+# earlier implementation's names, still honoured. Flags win over environment variables.
+OPTIONS = (
+    Option("--host", ("TOKENSPY_HOST",), "127.0.0.1",
+           "address to listen on; anything but loopback exposes the API and dashboard", str),
+    Option("--port", ("TOKENSPY_PORT", "PORT"), 9110, "port to listen on (0 picks a free one)", int),
+    Option("--agent", ("TOKENSPY_AGENT", "AGENT_NAME"), "my-agent",
+           "agent name for requests that do not name one with /agent/NAME/", str),
+    Option("--upstream", ("TOKENSPY_UPSTREAM", "UPSTREAM_BASE_URL"), None,
+           "one upstream for every provider (e.g. a local vLLM at http://127.0.0.1:8000/v1)", str),
+    Option("--anthropic-upstream", ("TOKENSPY_ANTHROPIC_UPSTREAM", "ANTHROPIC_UPSTREAM"),
+           "https://api.anthropic.com", "upstream for Anthropic traffic", str),
+    Option("--openai-upstream", ("TOKENSPY_OPENAI_UPSTREAM", "OPENAI_UPSTREAM"),
+           "https://api.openai.com", "upstream for OpenAI-style traffic", str),
+    Option("--local-upstream", ("TOKENSPY_LOCAL_UPSTREAM",), False,
+           "the upstream is self-hosted: its turns cost $0 (a localhost URL alone does not decide it)", bool),
+    Option("--local-model-agents", ("TOKENSPY_LOCAL_MODEL_AGENTS", "LOCAL_MODEL_AGENTS"), "",
+           "comma-separated agents whose models are self-hosted ($0)", str),
+    Option("--db", ("TOKENSPY_DB", "DB_PATH"), None,
+           "SQLite file (default: $STATE_DIRECTORY/usage.db, else data/usage.db beside tokenspy.py)", str),
+    Option("--settings", ("TOKENSPY_SETTINGS",), None,
+           "shared settings file (default: settings.json beside the database)", str),
+    Option("--sessions-dir", ("TOKENSPY_SESSIONS_DIR",), None,
+           "this agent's session files (OpenClaw layout: <id>.jsonl + sessions.json)", str),
+    Option("--agent-session-dirs", ("TOKENSPY_AGENT_SESSION_DIRS", "AGENT_SESSION_DIRS"), "",
+           'JSON map of agent name to sessions dir, e.g. {"a": "~/.openclaw/agents/a/sessions"}', str),
+    Option("--prices", ("TOKENSPY_PRICES",), None,
+           "price overrides: Token Spy's prices.json format or LiteLLM's model_prices_and_context_window.json", str),
+    Option("--inject-stream-usage", ("TOKENSPY_INJECT_STREAM_USAGE",), False,
+           "add stream_options.include_usage to OpenAI chat streams that lack it (changes the request)", bool),
+    Option("--timeout", ("TOKENSPY_TIMEOUT",), 600.0,
+           "seconds to wait for upstream bytes (per read) before answering 504", float),
+    Option("--connect-timeout", ("TOKENSPY_CONNECT_TIMEOUT",), 10.0, "seconds to connect upstream", float),
+    Option("--max-body-mb", ("TOKENSPY_MAX_BODY_MB",), 64.0, "largest request body accepted (413 above)", float),
+    Option("--log-level", ("TOKENSPY_LOG_LEVEL", "LOG_LEVEL"), "info", "debug, info, warning or error", str),
+)
+
+AGENT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class ConfigError(Exception):
+    """A start-up problem, told to the operator in one line."""
+
+
+def _env_value(opt, environ):
+    for name in opt.env:
+        raw = environ.get(name)
+        if raw is None or raw == "":
+            continue
+        try:
+            if opt.kind is bool:
+                if raw.strip().lower() in ("1", "true", "yes", "on"):
+                    return True
+                if raw.strip().lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(raw)
+            return opt.kind(raw)
+        except ValueError:
+            raise ConfigError("environment variable %s=%r is not a valid %s" % (name, raw, opt.kind.__name__))
+    return opt.default
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="tokenspy.py",
+        description="Transparent LLM API proxy that logs tokens, cost and session health to SQLite.",
+        epilog="Each flag can also be set by the environment variables shown. See README.md.")
+    parser.add_argument("--version", action="version", version="Token Spy " + __version__)
+    for opt in OPTIONS:
+        env = " [env: %s]" % ", ".join(opt.env)
+        dest = opt.flag[2:].replace("-", "_")
+        if opt.kind is bool:
+            parser.add_argument(opt.flag, dest=dest, action="store_const", const=True, default=None,
+                                help=opt.help + env)
+        else:
+            parser.add_argument(opt.flag, dest=dest, type=opt.kind, default=None, metavar=dest.upper(),
+                                help="%s (default: %s)%s" % (opt.help, opt.default, env))
+    return parser
+
+
+def load_config(argv=None, environ=None):
+    """Flags, then environment, then defaults -> a validated namespace. Raises ConfigError."""
+    environ = os.environ if environ is None else environ
+    args = build_parser().parse_args(argv)
+    for opt in OPTIONS:
+        dest = opt.flag[2:].replace("-", "_")
+        if getattr(args, dest) is None:
+            setattr(args, dest, _env_value(opt, environ))
+    if not AGENT_NAME_RE.match(args.agent or ""):
+        raise ConfigError("--agent %r: use letters, digits, '.', '_' or '-' (at most 64)" % args.agent)
+    if not 0 <= args.port <= 65535:
+        raise ConfigError("--port %d is out of range 0-65535" % args.port)
+    if args.upstream:
+        args.anthropic_upstream = args.openai_upstream = args.upstream
+    for flag in ("anthropic_upstream", "openai_upstream"):
+        value = getattr(args, flag)
+        try:
+            Upstream.parse(value)
+        except ValueError as exc:
+            raise ConfigError("--%s %r: %s" % (flag.replace("_", "-"), value, exc))
+    if args.db is None:
+        state = environ.get("STATE_DIRECTORY")
+        folder = state.split(":")[0] if state else os.path.join(HERE, "data")
+        if not state:
+            os.makedirs(folder, exist_ok=True)
+        args.db = os.path.join(folder, "usage.db")
+    args.db = os.path.abspath(os.path.expanduser(args.db))
+    if args.settings is None:
+        args.settings = os.path.join(os.path.dirname(args.db), "settings.json")
+    args.local_model_agents = {a.strip() for a in args.local_model_agents.split(",") if a.strip()}
+    try:
+        dirs = json.loads(args.agent_session_dirs) if args.agent_session_dirs.strip() else {}
+        if not isinstance(dirs, dict) or not all(isinstance(v, str) for v in dirs.values()):
+            raise ValueError("not an object of name -> folder")
+    except ValueError as exc:
+        raise ConfigError("AGENT_SESSION_DIRS / --agent-session-dirs is not valid JSON (%s); "
+                          'use {"agent": "/path/to/sessions"}' % exc)
+    if args.sessions_dir:
+        dirs[args.agent] = args.sessions_dir
+    args.agent_session_dirs = {k: os.path.abspath(os.path.expanduser(v)) for k, v in dirs.items()}
+    if args.max_body_mb <= 0 or args.timeout <= 0 or args.connect_timeout <= 0:
+        raise ConfigError("--max-body-mb, --timeout and --connect-timeout must be positive")
+    level = getattr(logging, str(args.log_level).upper(), None)
+    if not isinstance(level, int):
+        raise ConfigError("--log-level %r: use debug, info, warning or error" % args.log_level)
+    args.log_level = level
+    return args
+
+
+# ---------------------------------------------------------------------------
+# Providers: which paths are metered, where they go, how their bodies are read
+# ---------------------------------------------------------------------------
+
+# Metered endpoints: request path (without query) -> (provider, api). Only these are
+# logged as turns; every other path is relayed and not logged.
+METERED = {
+    "/v1/messages": ("anthropic", "messages"),
+    "/v1/chat/completions": ("openai", "chat"),
+    "/v1/responses": ("openai", "responses"),
+    "/v1/completions": ("openai", "completions"),
+    "/v1/embeddings": ("openai", "embeddings"),
+}
+
+# Client session ids, first present wins: Claude Code, Codex, others.
+SESSION_HEADERS = ("x-claude-code-session-id", "session-id", "session_id", "x-session-id")
+REQUEST_ID_HEADERS = ("request-id", "x-request-id")
+
+# Hop-by-hop headers (RFC 9110 7.6.1 and RFC 2616 13.5.1): never forwarded either way.
+# Host is rewritten and Content-Length recomputed, so they are dropped from requests too.
+HOP_BY_HOP = frozenset((
+    "connection", "keep-alive", "proxy-connection", "te", "trailer", "trailers",
+    "transfer-encoding", "upgrade", "proxy-authenticate", "proxy-authorization"))
+REQUEST_DROP = HOP_BY_HOP | {"host", "content-length", "expect"}
+
+# What the Recorder can decode; on metered paths Accept-Encoding is narrowed to these.
+DECODABLE = ("gzip", "deflate", "identity", "x-gzip")
+
+
+def route_provider(path, headers):
+    """(provider, api or None) for a request path (no query) and its headers."""
+    hit = METERED.get(path)
+    if hit:
+        return hit
+    if path.startswith("/v1/messages/") or headers.get("anthropic-version"):
+        return "anthropic", None
+    return "openai", None
+
+
+def narrow_accept_encoding(value):
+    """Keep only the encodings the Recorder can decode; None when nothing needs to change."""
+    if value is None:
+        return None
+    kept, changed = [], False
+    for part in value.split(","):
+        token = part.split(";")[0].strip().lower()
+        if not token:
+            continue
+        if token in DECODABLE:
+            kept.append(part.strip())
+        else:
+            changed = True
+    if not changed:
+        return None
+    return ", ".join(kept) if kept else "identity"
+
+
+# ---------------------------------------------------------------------------
+# Usage: what each API's response says it cost
+# ---------------------------------------------------------------------------
+
+class Reading:
+    """What the Recorder read from one response body."""
+
+    def __init__(self):
+        self.raw = None            # the provider's usage object (merged, for Anthropic streams)
+        self.model = None
+        self.stop_reason = None
+        self.tools = []            # tool names the response called, in order
+        self.error = None
+        self.complete = False      # the usage is final (not a start-of-stream placeholder)
+        self.request_id = None
+
+
+def _get(obj, *keys):
+    for key in keys:
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(key)
+    return obj
+
+
+def _int(value):
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _error_text(obj):
+    err = obj.get("error") if isinstance(obj, dict) else None
+    if isinstance(err, dict):
+        kind = err.get("type") or err.get("code")
+        msg = err.get("message") or ""
+        return ("%s: %s" % (kind, msg)) if kind else msg
+    if isinstance(err, str):
+        return err
+    return None
+
+
+class AnthropicMessages:
+    """Anthropic Messages. Usage is exclusive: input_tokens leaves out cache reads/writes."""
+
+    @staticmethod
+    def event(r, name, obj):
+        kind = obj.get("type") or name
+        if kind == "message_start":
+            msg = obj.get("message") or {}
+            r.model = msg.get("model") or r.model
+            r.request_id = r.request_id or msg.get("id")
+            if isinstance(msg.get("usage"), dict):
+                r.raw = dict(msg["usage"])
+        elif kind == "message_delta":
+            usage = obj.get("usage")
+            if isinstance(usage, dict):
+                # Cumulative totals: overwrite field by field, never add.
+                merged = dict(r.raw or {})
+                merged.update({k: v for k, v in usage.items() if v is not None})
+                r.raw = merged
+                r.complete = True
+            reason = _get(obj, "delta", "stop_reason")
+            if reason:
+                r.stop_reason = reason
+        elif kind == "content_block_start":
+            block = obj.get("content_block") or {}
+            if block.get("type") in ("tool_use", "server_tool_use") and block.get("name"):
+                r.tools.append(block["name"])
+        elif kind == "error":
+            r.error = _error_text(obj) or "stream error"
+
+    @staticmethod
+    def body(r, obj):
+        if obj.get("type") == "error" or "error" in obj and "usage" not in obj:
+            r.error = _error_text(obj)
+            return
+        r.model = obj.get("model")
+        r.stop_reason = obj.get("stop_reason")
+        if isinstance(obj.get("usage"), dict):
+            r.raw = obj["usage"]
+            r.complete = True
+        for block in obj.get("content") or ():
+            if isinstance(block, dict) and block.get("type") in ("tool_use", "server_tool_use"):
+                r.tools.append(block.get("name"))
+
+    @staticmethod
+    def tokens(raw):
+        cache_write = _int(raw.get("cache_creation_input_tokens"))
+        split = raw.get("cache_creation")
+        if isinstance(split, dict):
+            w5, w1 = _int(split.get("ephemeral_5m_input_tokens")), _int(split.get("ephemeral_1h_input_tokens"))
+        else:
+            w5, w1 = cache_write, (0 if cache_write is not None else None)
+        return {
+            "input_tokens": _int(raw.get("input_tokens")),
+            "output_tokens": _int(raw.get("output_tokens")),
+            "cache_read_tokens": _int(raw.get("cache_read_input_tokens")),
+            "cache_write_tokens": cache_write,
+            "cache_write_5m_tokens": w5,
+            "cache_write_1h_tokens": w1,
+            "reasoning_tokens": _int(_get(raw, "output_tokens_details", "thinking_tokens")),
+        }
+
+
+def openai_tokens(raw, prompt_key="prompt_tokens", output_key="completion_tokens"):
+    """OpenAI-style usage (inclusive prompt) -> Token Spy's convention (uncached input).
+
+    Cached tokens come from the first of prompt_tokens_details.cached_tokens (OpenAI,
+    vLLM), prompt_cache_hit_tokens (DeepSeek) or a top-level cached_tokens (Moonshot).
+    """
+    details_key = "input_tokens_details" if prompt_key == "input_tokens" else "prompt_tokens_details"
+    details = raw.get(details_key) if isinstance(raw.get(details_key), dict) else {}
+    prompt = _int(raw.get(prompt_key))
+    cached = _int(details.get("cached_tokens"))
+    if cached is None:
+        cached = _int(raw.get("prompt_cache_hit_tokens"))
+    if cached is None:
+        cached = _int(raw.get("cached_tokens"))
+    write = _int(details.get("cache_write_tokens"))
+    ttl = details.get("cache_write_tokens_details") if isinstance(details.get("cache_write_tokens_details"), dict) else {}
+    w_long = _int(ttl.get("ttl_12h_tokens"))
+    w_short = _int(ttl.get("ttl_30m_tokens"))
+    if write is None and prompt is not None:
+        write = 0                                  # no write field: nothing was written
+    if write is not None and w_short is None:
+        w_short = write - (w_long or 0)
+        w_long = w_long or 0
+    out_details = raw.get(output_key.replace("_tokens", "_tokens_details"))
+    reasoning = _int(out_details.get("reasoning_tokens")) if isinstance(out_details, dict) else None
+    uncached = None
+    if prompt is not None:
+        uncached = max(0, prompt - (cached or 0) - (write or 0))
+    return {
+        "input_tokens": uncached,
+        "output_tokens": _int(raw.get(output_key)),
+        "cache_read_tokens": cached if cached is not None else (0 if prompt is not None else None),
+        "cache_write_tokens": write,
+        "cache_write_5m_tokens": w_short,
+        "cache_write_1h_tokens": w_long,
+        "reasoning_tokens": reasoning,
+    }
+
+
+class OpenAIChat:
+    """Chat Completions (and legacy completions / embeddings). Usage is inclusive."""
+
+    @staticmethod
+    def event(r, name, obj):
+        if obj.get("error"):
+            r.error = _error_text(obj)
+            return
+        r.model = obj.get("model") or r.model
+        usage = obj.get("usage")
+        choices = obj.get("choices") if isinstance(obj.get("choices"), list) else []
+        if not isinstance(usage, dict) and choices and isinstance(choices[0], dict):
+            usage = choices[0].get("usage")       # Moonshot nests it on the finish chunk
+        if isinstance(usage, dict):
+            r.raw = usage                         # repeated by some servers: last wins
+            r.complete = True
+        for choice in choices:
+            if not isinstance(choice, dict):
+                continue
+            if choice.get("finish_reason"):
+                r.stop_reason = choice["finish_reason"]
+            for call in _get(choice, "delta", "tool_calls") or ():
+                name = _get(call, "function", "name")
+                if name:
+                    r.tools.append(name)
+
+    @staticmethod
+    def body(r, obj):
+        if obj.get("error") and not obj.get("usage"):
+            r.error = _error_text(obj)
+            return
+        r.model = obj.get("model")
+        if isinstance(obj.get("usage"), dict):
+            r.raw = obj["usage"]
+            r.complete = True
+        choices = obj.get("choices") if isinstance(obj.get("choices"), list) else []
+        if choices and isinstance(choices[0], dict):
+            r.stop_reason = choices[0].get("finish_reason")
+        for choice in choices:
+            for call in _get(choice, "message", "tool_calls") or ():
+                name = _get(call, "function", "name")
+                if name:
+                    r.tools.append(name)
+
+    @staticmethod
+    def tokens(raw):
+        return openai_tokens(raw)
+
+
+class OpenAIResponses:
+    """Responses API. Usage only in the terminal event's response object; inclusive."""
+
+    TERMINAL = ("response.completed", "response.incomplete", "response.failed")
+
+    @staticmethod
+    def event(r, name, obj):
+        kind = obj.get("type") or name
+        if kind in OpenAIResponses.TERMINAL:
+            OpenAIResponses.body(r, obj.get("response") or {}, streamed=True)
+        elif kind in ("response.created", "response.in_progress"):
+            r.model = _get(obj, "response", "model") or r.model
+        elif kind == "response.output_item.done":
+            item = obj.get("item") or {}
+            if item.get("type") in ("function_call", "custom_tool_call") and item.get("name"):
+                r.tools.append(item["name"])
+        elif kind == "error":
+            r.error = "%s: %s" % (obj.get("code") or "error", obj.get("message") or "")
+
+    @staticmethod
+    def body(r, obj, streamed=False):
+        if obj.get("error") and obj.get("object") != "response" and not streamed:
+            r.error = _error_text(obj)
+            return
+        r.model = obj.get("model") or r.model
+        status = obj.get("status")
+        if status == "incomplete":
+            r.stop_reason = _get(obj, "incomplete_details", "reason") or "incomplete"
+        elif status:
+            r.stop_reason = status
+        if status == "failed":
+            r.error = _error_text(obj) or "response failed"
+        if isinstance(obj.get("usage"), dict):
+            r.raw = obj["usage"]
+            r.complete = True
+        if not streamed:
+            for item in obj.get("output") or ():
+                if isinstance(item, dict) and item.get("type") in ("function_call", "custom_tool_call"):
+                    r.tools.append(item.get("name"))
+
+    @staticmethod
+    def tokens(raw):
+        return openai_tokens(raw, "input_tokens", "output_tokens")
+
+
+PARSERS = {
+    "messages": AnthropicMessages,
+    "chat": OpenAIChat,
+    "completions": OpenAIChat,
+    "embeddings": OpenAIChat,
+    "responses": OpenAIResponses,
+}
+
+
+def iter_sse(text):
+    """(event name, data) for each SSE event, per the WHATWG rules the SDKs follow."""
+    name, data = None, []
+    for line in text.splitlines():
+        if not line:
+            if data:
+                yield name, "\n".join(data)
+            name, data = None, []
+            continue
+        if line.startswith(":"):
+            continue
+        field, _, value = line.partition(":")
+        if value.startswith(" "):
+            value = value[1:]
+        if field == "event":
+            name = value
+        elif field == "data":
+            data.append(value)
+    if data:
+        yield name, "\n".join(data)
+
+
+def read_response(api, body, is_sse):
+    """Parse a (decoded) response body with the API's parser -> Reading."""
+    parser = PARSERS[api]
+    r = Reading()
+    if is_sse:
+        for name, data in iter_sse(body.decode("utf-8", "replace")):
+            if data.startswith("[DONE]") or not data.startswith("{"):
+                continue
+            try:
+                obj = json.loads(data)
+            except ValueError:
+                continue
+            if isinstance(obj, dict):
+                parser.event(r, name, obj)
+    elif body:
+        try:
+            obj = json.loads(body)
+        except ValueError:
+            return r
+        if isinstance(obj, dict):
+            parser.body(r, obj)
+    return r
+
+
+def decode_body(data, encoding):
+    """Undo Content-Encoding for the Recorder's copy. None when it cannot."""
+    encoding = (encoding or "identity").strip().lower()
+    if encoding in ("identity", ""):
+        return data
+    try:
+        if encoding in ("gzip", "x-gzip"):
+            # A truncated gzip stream (client gone) still yields what arrived.
+            return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data)
+        if encoding == "deflate":
+            try:
+                return zlib.decompress(data)
+            except zlib.error:
+                return zlib.decompress(data, -zlib.MAX_WBITS)
+    except zlib.error:
+        return None
+    return None
+
+
+# ---------------------------------------------------------------------------
+# Requests: what the agent sent (prompt size, system prompt breakdown, tools)
+# ---------------------------------------------------------------------------
+
+# OpenClaw injects workspace files under "# Project Context" as "## FILE.md" sections.
+WORKSPACE_FILES = {
+    "AGENTS.md": "workspace_agents_chars", "SOUL.md": "workspace_soul_chars",
+    "TOOLS.md": "workspace_tools_chars", "IDENTITY.md": "workspace_identity_chars",
+    "USER.md": "workspace_user_chars", "HEARTBEAT.md": "workspace_heartbeat_chars",
+    "BOOTSTRAP.md": "workspace_bootstrap_chars", "MEMORY.md": "workspace_memory_chars",
+}
+SYSTEM_COLUMNS = tuple(WORKSPACE_FILES.values()) + (
+    "workspace_other_chars", "skill_injection_chars", "base_prompt_chars")
+_PROJECT_CONTEXT = re.compile(r"^# Project Context\b", re.M)
+_SECTION = re.compile(r"^(#{1,2}) (.*?)\s*$", re.M)
+_END_MARKERS = ("Silent Replies", "Heartbeats", "Runtime")
+
+
+def system_breakdown(text):
+    """Split an OpenClaw system prompt into workspace files, skills and the base prompt.
+
+    A workspace file runs from the line after its "## NAME.md" heading to the next
+    marker: another "## *.md" heading, "## Skills (mandatory)", one of the end markers
+    (Silent Replies, Heartbeats, Runtime) or a "# " heading. Plain "## " subheadings
+    inside a file stay part of it. Unknown *.md files count as workspace_other_chars.
+    Skills run from their heading (included) to the next "## " heading.
+    """
+    out = dict.fromkeys(SYSTEM_COLUMNS, 0)
+    total = len(text)
+    spans = []                     # (column, start, header_end)
+    start_ctx = _PROJECT_CONTEXT.search(text)
+    for m in _SECTION.finditer(text):
+        level, title = m.group(1), m.group(2)
+        if level == "#":
+            spans.append((None, m.start(), m.end()))
+            continue
+        if title.startswith("Skills (mandatory)"):
+            spans.append(("skill_injection_chars", m.start(), m.start()))
+        elif title in _END_MARKERS:
+            spans.append((None, m.start(), m.end()))
+        elif title.endswith(".md") and start_ctx and m.start() > start_ctx.start():
+            name = title.rsplit("/", 1)[-1]
+            spans.append((WORKSPACE_FILES.get(name, "workspace_other_chars"), m.start(), m.end() + 1))
+        elif spans and spans[-1][0] == "skill_injection_chars":
+            spans.append((None, m.start(), m.end()))       # skills end at the next heading
+    for i, (column, start, body_start) in enumerate(spans):
+        if column is None:
+            continue
+        end = spans[i + 1][1] if i + 1 < len(spans) else total
+        out[column] += max(0, end - min(body_start, end))
+    out["base_prompt_chars"] = max(0, total - sum(out[c] for c in SYSTEM_COLUMNS if c != "base_prompt_chars"))
+    return out
+
+
+def _text(content):
+    """Text of a system prompt / message content: a string or a list of text blocks."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(b.get("text", "") for b in content
+                         if isinstance(b, dict) and isinstance(b.get("text"), str))
+    return ""
+
+
+def _json_chars(value):
+    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
+
+
+def analyze_request(api, body):
+    """Prompt metrics of a request body -> dict of usage columns (what could be read)."""
+    out = {"request_body_bytes": len(body)}
+    try:
+        req = json.loads(body) if body else None
+    except ValueError:
+        return out
+    if not isinstance(req, dict):
+        return out
+    model = req.get("model")
+    out["requested_model"] = model if isinstance(model, str) else None
+    out["stream"] = 1 if req.get("stream") is True else 0
+    system, history, messages = "", None, None
+    if api == "messages":
+        messages = req.get("messages")
+        history = messages
+        system = _text(req.get("system"))
+    elif api == "chat":
+        messages = req.get("messages")
+        if isinstance(messages, list):
+            sys_msgs = [m for m in messages if isinstance(m, dict) and m.get("role") in ("system", "developer")]
+            history = [m for m in messages if not (isinstance(m, dict) and m.get("role") in ("system", "developer"))]
+            system = "\n".join(_text(m.get("content")) for m in sys_msgs)
+    elif api == "responses":
+        items = req.get("input")
+        system = _text(req.get("instructions"))
+        if isinstance(items, str):
+            items = [{"role": "user", "content": items}]
+        if isinstance(items, list):
+            messages = items
+            sys_items = [m for m in items if isinstance(m, dict) and m.get("role") in ("system", "developer")]
+            history = [m for m in items if not (isinstance(m, dict) and m.get("role") in ("system", "developer"))]
+            system = "\n".join([system] * bool(system) + [_text(m.get("content")) for m in sys_items])
+    elif api == "completions":
+        prompt = req.get("prompt")
+        history = [prompt] if prompt is not None else None
+    if isinstance(messages, list):
+        roles = [m.get("role") for m in messages if isinstance(m, dict)]
+        out["message_count"] = len(messages)
+        out["user_message_count"] = roles.count("user")
+        out["assistant_message_count"] = roles.count("assistant")
+    if isinstance(history, list):
+        out["conversation_history_chars"] = _json_chars(history)
+    out["system_prompt_total_chars"] = len(system)
+    out.update(system_breakdown(system))
+    tools = req.get("tools") if isinstance(req.get("tools"), list) else []
+    functions = req.get("functions") if isinstance(req.get("functions"), list) else []
+    out["tool_count"] = len(tools) + len(functions)
+    out["tool_defs_chars"] = _json_chars(tools + functions) if tools or functions else 0
+    return out
+
+
+def inject_include_usage(body):
+    """Chat stream request without stream_options.include_usage -> body with it, else None."""
+    try:
+        req = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(req, dict) or req.get("stream") is not True:
+        return None
+    opts = req.get("stream_options")
+    if isinstance(opts, dict) and opts.get("include_usage"):
+        return None
+    req["stream_options"] = dict(opts or {}, include_usage=True)
+    return json.dumps(req, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+# ---------------------------------------------------------------------------
+# Prices: one table in prices.json, overridable with --prices
+# ---------------------------------------------------------------------------
+
+_DATE_SUFFIX = re.compile(r"-(\d{8}|\d{4}-\d{2}-\d{2})$")
+RATE_FIELDS = ("input", "output", "cache_read", "cache_write", "cache_write_long")
+# LiteLLM's per-token fields -> Token Spy's per-1M-token rates.
+_LITELLM = {
+    "input_cost_per_token": "input", "output_cost_per_token": "output",
+    "cache_read_input_token_cost": "cache_read", "cache_creation_input_token_cost": "cache_write",
+    "cache_creation_input_token_cost_above_1hr": "cache_write_long",
+}
+_LITELLM_TIERS = ("100k", "128k", "200k", "256k", "272k", "512k")
+
+
+def _from_litellm(entry):
+    out = {}
+    for src, dst in _LITELLM.items():
+        if isinstance(entry.get(src), (int, float)):
+            out[dst] = entry[src] * 1e6
+    if isinstance(entry.get("cache_creation_input_token_cost_above_12hr"), (int, float)):
+        out["cache_write_long"] = entry["cache_creation_input_token_cost_above_12hr"] * 1e6
+    for tier in _LITELLM_TIERS:
+        above = {}
+        for src, dst in _LITELLM.items():
+            value = entry.get("%s_above_%s_tokens" % (src, tier))
+            if isinstance(value, (int, float)):
+                above[dst] = value * 1e6
+        if above:
+            above["tokens"] = int(tier[:-1]) * 1000
+            out["above"] = above
+            break
+    if "input" not in out or "output" not in out:
+        return None
+    out["provider"] = entry.get("litellm_provider")
+    return out
+
+
+class Prices:
+    """The price table: model name -> rates in USD per 1M tokens."""
+
+    def __init__(self, path=os.path.join(HERE, "prices.json"), override=None):
+        with open(path, encoding="utf-8") as fh:
+            table = json.load(fh)
+        self.version = table.get("version", "unknown")
+        self.models = dict(table["models"])
+        if override:
+            self.version += "+" + os.path.basename(override)
+            self.models.update(self.load_override(override))
+
+    @staticmethod
+    def load_override(path):
+        try:
+            with open(path, encoding="utf-8") as fh:
+                data = json.load(fh)
+        except (OSError, ValueError) as exc:
+            raise ConfigError("--prices %s: cannot read it (%s)" % (path, exc))
+        if not isinstance(data, dict):
+            raise ConfigError("--prices %s: expected a JSON object" % path)
+        if isinstance(data.get("models"), dict):
+            models = data["models"]
+        else:  # LiteLLM's model_prices_and_context_window.json
+            models = {}
+            for name, entry in data.items():
+                if isinstance(entry, dict) and name != "sample_spec":
+                    converted = _from_litellm(entry)
+                    if converted:
+                        models[name] = converted
+        for name, entry in models.items():
+            if not isinstance(entry, dict) or not all(
+                    isinstance(entry.get(k), (int, float)) for k in ("input", "output")):
+                raise ConfigError("--prices %s: model %r needs numeric input and output rates" % (path, name))
+        return models
+
+    def lookup(self, model):
+        """(key, entry) for a model name: exact, then without a date suffix, then without a
+        provider prefix (and both). Never a substring match. (None, None) if unpriced."""
+        if not isinstance(model, str) or not model:
+            return None, None
+        bare = model.rsplit("/", 1)[-1]
+        for name in (model, _DATE_SUFFIX.sub("", model), bare, _DATE_SUFFIX.sub("", bare)):
+            for candidate in (name, name.lower()):
+                if candidate in self.models:
+                    return candidate, self.models[candidate]
+        return None, None
+
+    @staticmethod
+    def cost(entry, tokens, when):
+        """USD for one turn. None when nothing is known about its usage."""
+        known = [tokens.get(k) for k in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")]
+        if all(v is None for v in known):
+            return None
+        inp, out, read, write = (v or 0 for v in known)
+        rates = dict(entry)
+        above = entry.get("above")
+        if isinstance(above, dict) and inp + read + write > above.get("tokens", float("inf")):
+            rates.update(above)
+        peak = entry.get("peak_hours_utc")
+        if peak and isinstance(entry.get("off_peak"), dict):
+            hour = time.gmtime(when).tm_hour
+            if not any(lo <= hour < hi for lo, hi in peak):
+                rates.update(entry["off_peak"])
+        r_in = rates["input"]
+        r_read = rates.get("cache_read", r_in)
+        r_write = rates.get("cache_write", r_in)
+        r_long = rates.get("cache_write_long", r_write)
+        long_tokens = tokens.get("cache_write_1h_tokens") or 0
+        short_tokens = max(0, write - long_tokens)
+        usd = inp * r_in + out * rates["output"] + read * r_read + short_tokens * r_write + long_tokens * r_long
+        return round(usd / 1e6, 8)
+
+
+# ---------------------------------------------------------------------------
+# Flow: one proxied exchange, as the relay saw it
+# ---------------------------------------------------------------------------
+
+class Flow:
+    """One proxied request/response. The relay fills it; the Recorder reads it.
+
+    Invariant: every metered flow is submitted to the Recorder exactly once, when the
+    relay is done with it (complete, failed or abandoned by the client), and becomes
+    exactly one row. The relay only appends to it; all parsing happens later.
+    """
+
+    __slots__ = ("agent", "provider", "api", "upstream", "method", "path", "started", "t0",
+                 "request_headers", "request_body", "status", "response_headers", "chunks",
+                 "response_bytes", "ttfb", "t_end", "error", "collect_limit", "collected")
+
+    def __init__(self, agent, provider, api, upstream, method, path, headers, body):
+        self.agent = agent
+        self.provider = provider
+        self.api = api
+        self.upstream = upstream
+        self.method = method
+        self.path = path
+        self.started = time.time()
+        self.t0 = time.perf_counter()
+        self.request_headers = headers          # the client's headers (email.message.Message)
+        self.request_body = body
+        self.status = None
+        self.response_headers = None            # list of (name, value) from upstream
+        self.chunks = []                         # response body pieces, as relayed
+        self.response_bytes = 0
+        self.ttfb = None
+        self.t_end = None
+        self.error = None
+        self.collect_limit = 64 << 20
+        self.collected = 0
+
+    def add(self, data):
+        self.response_bytes += len(data)
+        if self.collected < self.collect_limit:
+            self.chunks.append(data)
+            self.collected += len(data)
+
+
+def _header(pairs, name):
+    name = name.lower()
+    for k, v in pairs or ():
+        if k.lower() == name:
+            return v
+    return None
+
+
+def build_row(flow, prices, local):
+    """Everything the Recorder logs for a flow -> dict of tokenspy_db.USAGE_COLUMNS."""
+    row = {
+        "timestamp": tokenspy_db.iso_utc(flow.started), "agent": flow.agent,
+        "provider": flow.provider, "api": flow.api, "upstream": flow.upstream,
+        "method": flow.method, "path": flow.path, "status": flow.status, "error": flow.error,
+        "duration_ms": int(((flow.t_end or time.perf_counter()) - flow.t0) * 1000),
+        "ttfb_ms": int((flow.ttfb - flow.t0) * 1000) if flow.ttfb else None,
+        "response_body_bytes": flow.response_bytes, "usage_source": "missing",
+        "request_id": _header(flow.response_headers, "request-id") or _header(flow.response_headers, "x-request-id"),
+    }
+    for name in SESSION_HEADERS:
+        if flow.request_headers.get(name):
+            row["client_session_id"] = flow.request_headers.get(name)[:200]
+            break
+    row.update(analyze_request(flow.api, flow.request_body))
+    reading = Reading()
+    if flow.chunks:
+        ctype = (_header(flow.response_headers, "content-type") or "").lower()
+        body = decode_body(b"".join(flow.chunks), _header(flow.response_headers, "content-encoding"))
+        if body is None:
+            note = "response in %s encoding: usage not readable" % _header(flow.response_headers, "content-encoding")
+            row["error"] = "; ".join(filter(None, (row["error"], note)))
+        else:
+            reading = read_response(flow.api, body, "text/event-stream" in ctype)
+            if "text/event-stream" in ctype:
+                row["stream"] = 1
+    row["response_model"] = reading.model
+    row["model"] = reading.model or row.get("requested_model")
+    row["stop_reason"] = reading.stop_reason
+    row["tools_called"] = json.dumps(reading.tools) if reading.tools else None
+    if reading.error and not row["error"]:
+        row["error"] = reading.error[:2000]
+    if reading.raw is not None:
+        row["usage_raw"] = json.dumps(reading.raw, separators=(",", ":"))
+        row.update(PARSERS[flow.api].tokens(reading.raw))
+        partial = not reading.complete or (flow.error and flow.status == 200 and flow.api == "messages"
+                                           and not reading.stop_reason)
+        row["usage_source"] = "partial" if partial else "provider"
+        if flow.api == "embeddings" and row.get("output_tokens") is None:
+            row["output_tokens"] = 0
+    if flow.agent in local.get("agents", ()) or local.get("upstream"):
+        row["price_entry"] = "local"
+        row["estimated_cost_usd"] = 0.0 if row["usage_source"] != "missing" else None
+    else:
+        key, entry = prices.lookup(row["model"])
+        row["price_entry"] = key
+        if entry is not None:
+            row["estimated_cost_usd"] = prices.cost(entry, row, flow.started)
+    row["price_version"] = prices.version
+    return row
+
+
+# ---------------------------------------------------------------------------
+# Recorder: the one thread that parses, prices and writes
+# ---------------------------------------------------------------------------
+
+class Recorder(threading.Thread):
+    """Drains finished flows from a queue, turns them into rows and writes them in batches.
+
+    Nothing here runs on a request thread. A failure to parse a flow still logs a row
+    (with the error); a failure to write keeps the rows and retries, never drops them
+    silently (beyond MAX_PENDING rows, the oldest are dropped with an error in the log).
+    """
+
+    MAX_PENDING = 100000
+    BATCH = 500
+
+    def __init__(self, store, prices, local, hooks=()):
+        super().__init__(name="tokenspy-recorder", daemon=True)
+        self.store = store
+        self.prices = prices
+        self.local = local
+        self.hooks = list(hooks)           # called with the written rows (after commit)
+        self.queue = queue.Queue()
+        self.pending = []
+        self.written = 0
+        self.failures = 0
+
+    def submit(self, flow):
+        self.queue.put(flow)
+
+    def flush(self, timeout=10.0):
+        """Wait until everything submitted so far is written (for tests and shutdown)."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.queue.unfinished_tasks == 0 and not self.pending:
+                return True
+            time.sleep(0.005)
+        return False
+
+    def stop(self):
+        self.queue.put(None)
+
+    def run(self):
+        while True:
+            item = self.queue.get()
+            batch = [item]
+            while len(batch) < self.BATCH:
+                try:
+                    batch.append(self.queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = None in batch
+            for flow in batch:
+                if flow is not None:
+                    self.pending.append(self._row(flow))
+            self._write()
+            for _ in batch:
+                self.queue.task_done()
+            if stop:
+                return
+
+    def _row(self, flow):
+        try:
+            return build_row(flow, self.prices, self.local)
+        except Exception as exc:  # a parser bug must not lose the turn
+            log.exception("could not read a %s turn; logging it without usage", flow.api)
+            return {"timestamp": tokenspy_db.iso_utc(flow.started), "agent": flow.agent,
+                    "provider": flow.provider, "api": flow.api, "upstream": flow.upstream,
+                    "method": flow.method, "path": flow.path, "status": flow.status,
+                    "usage_source": "missing", "error": "token spy could not read this turn: %r" % exc,
+                    "request_body_bytes": len(flow.request_body or b""),
+                    "response_body_bytes": flow.response_bytes}
+
+    def _write(self):
+        if not self.pending:
+            return
+        rows = self.pending
+        try:
+            ids = self.store.insert_turns(rows)
+        except Exception as exc:
+            self.failures += 1
+            log.error("database write failed (%s); %d rows kept for retry", exc, len(rows))
+            if len(rows) > self.MAX_PENDING:
+                dropped = len(rows) - self.MAX_PENDING
+                del rows[:dropped]
+                log.error("dropped %d oldest rows: the database has been failing too long", dropped)
+            time.sleep(min(5.0, 0.1 * self.failures))
+            return
+        self.failures = 0
+        self.pending = []
+        self.written += len(rows)
+        for row, rid in zip(rows, ids):
+            row["id"] = rid
+            log.info("turn %s %s %s in=%s out=%s cache_r=%s cache_w=%s $%s %sms %s",
+                     row.get("agent"), row.get("model"), row.get("status"), row.get("input_tokens"),
+                     row.get("output_tokens"), row.get("cache_read_tokens"), row.get("cache_write_tokens"),
+                     row.get("estimated_cost_usd"), row.get("duration_ms"), row.get("usage_source"))
+        for hook in self.hooks:
+            try:
+                hook(rows)
+            except Exception:
+                log.exception("post-log hook %r failed", hook)
+
+
+# ---------------------------------------------------------------------------
+# Upstreams: connection pools with keep-alive
+# ---------------------------------------------------------------------------
+
+class UpstreamError(Exception):
+    """Could not get a response from the upstream (refused, DNS, TLS, timeout)."""
+
+    def __init__(self, message, timeout=False):
+        super().__init__(message)
+        self.timeout = timeout
+
+
+class Upstream:
+    """One upstream base URL and its pool of idle persistent connections."""
+
+    MAX_IDLE = 32
+
+    def __init__(self, url, connect_timeout=10.0, read_timeout=600.0):
+        self.url = url.rstrip("/")
+        self.scheme, self.host, self.port, self.base_path = self.parse(url)
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.host_header = self.host if self.port in (80, 443) else "%s:%d" % (self.host, self.port)
+        if ":" in self.host and self.port not in (80, 443):
+            self.host_header = "[%s]:%d" % (self.host, self.port)
+        self._idle = []
+        self._lock = threading.Lock()
+        self._ssl = ssl.create_default_context() if self.scheme == "https" else None
+
+    @staticmethod
+    def parse(url):
+        parts = urlsplit(url or "")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("not an http(s) URL; give one like https://api.anthropic.com")
+        if parts.query or parts.fragment:
+            raise ValueError("a base URL has no query string or fragment")
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            raise ValueError("the port is not a number 1-65535")
+        return parts.scheme, parts.hostname, port, parts.path.rstrip("/")
+
+    def target(self, path):
+        """Upstream path for a client path: base path + path, never /v1/v1."""
+        if self.base_path.endswith("/v1") and (path == "/v1" or path.startswith("/v1/") or path.startswith("/v1?")):
+            return self.base_path[:-3] + path
+        return self.base_path + path
+
+    def _connection(self):
+        with self._lock:
+            if self._idle:
+                return self._idle.pop(), True
+        if self.scheme == "https":
+            conn = http.client.HTTPSConnection(self.host, self.port, timeout=self.connect_timeout,
+                                               context=self._ssl)
+        else:
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=self.connect_timeout)
+        return conn, False
+
+    def release(self, conn, resp):
+        """Back to the pool when the response was read to the end and may be reused."""
+        if resp is not None and resp.isclosed() and not resp.will_close and conn.sock is not None:
+            with self._lock:
+                if len(self._idle) < self.MAX_IDLE:
+                    self._idle.append(conn)
+                    return
+        conn.close()
+
+    def request(self, method, path, headers, body):
+        """Send one request; -> (connection, response with headers read). Raises UpstreamError.
+
+        A reused idle connection that the upstream already closed is retried once on a
+        fresh one (nothing reached the upstream in that case).
+        """
+        for attempt in (0, 1):
+            conn, reused = self._connection()
+            try:
+                if conn.sock is None:
+                    conn.connect()
+                conn.sock.settimeout(self.read_timeout)
+                conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+                conn.putheader("Host", self.host_header)
+                for name, value in headers:
+                    conn.putheader(name, value)
+                if body or method in ("POST", "PUT", "PATCH"):
+                    conn.putheader("Content-Length", str(len(body)))
+                conn.endheaders(body if body else None)
+                return conn, conn.getresponse()
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError,
+                    ConnectionAbortedError) as exc:
+                conn.close()
+                if reused and attempt == 0:
+                    continue
+                raise UpstreamError("upstream closed the connection: %s" % exc)
+            except socket.timeout:
+                conn.close()
+                raise UpstreamError("upstream did not answer within %.0f s" % self.read_timeout, timeout=True)
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                raise UpstreamError("cannot reach upstream %s: %s" % (self.url, exc))
+        raise UpstreamError("unreachable")
+
+    def close(self):
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+
+def proxy_error_body(provider, status, message):
+    """A JSON error in the provider's own shape, so SDKs raise their usual exceptions."""
+    if provider == "anthropic":
+        kind = "timeout_error" if status == 504 else "api_error"
+        return {"type": "error", "error": {"type": kind, "message": "Token Spy: " + message}}
+    code = "upstream_timeout" if status == 504 else "upstream_unreachable"
+    return {"error": {"message": "Token Spy: " + message, "type": "proxy_error", "param": None, "code": code}}
+
+
+# ---------------------------------------------------------------------------
+# JSON API
+# ---------------------------------------------------------------------------
+
+class ApiError(Exception):
+    """Raised anywhere in an API handler; rendered as {"error": ..., "status": ...}."""
+
+    def __init__(self, status, message):
+        super().__init__(message)
+        self.status = int(status)
+        self.message = message
+
+
+def _number(query, name, default, lo, hi, kind=float):
+    raw = query.get(name, [None])[-1]
+    if raw is None or raw == "":
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ApiError(400, "%s must be a number, got %r" % (name, raw))
+    if value != value or not lo <= value <= hi:
+        raise ApiError(400, "%s must be between %s and %s" % (name, lo, hi))
+    return value
+
+
+def _agent_param(query, required=False, default=None):
+    agent = query.get("agent", [None])[-1]
+    if not agent:
+        if required:
+            raise ApiError(400, "agent is required, e.g. ?agent=my-agent")
+        return default
+    if not AGENT_NAME_RE.match(agent):
+        raise ApiError(400, "agent %r is not a valid agent name" % agent)
+    return agent
+
+
+def api_health(app, query, body):
+    return {"status": "ok", "agent": app.config.agent, "uptime_seconds": int(time.time() - app.started),
+            "version": __version__, "db_writable": app.store.writable(),
+            "db_path": app.config.db, "pending_rows": app.recorder.queue.qsize() + len(app.recorder.pending)}
+
+
+def api_usage(app, query, body):
+    hours = _number(query, "hours", 24.0, 0, 24 * 366 * 10)
+    limit = _number(query, "limit", 100, 1, 10000, int)
+    return app.store.usage(hours=hours, limit=limit, agent=_agent_param(query))
+
+
+def api_summary(app, query, body):
+    hours = _number(query, "hours", 24.0, 0, 24 * 366 * 10)
+    rows = app.store.summary(hours=hours)
+    for row in rows:
+        if row["agent"] in app.config.local_model_agents:
+            row["is_local_model"] = True
+    return rows
+
+
+# (method, path) -> handler(app, query, body). The one place the API is declared.
+ROUTES = {
+    ("GET", "/health"): api_health,
+    ("GET", "/api/usage"): api_usage,
+    ("GET", "/token-usage"): api_usage,
+    ("GET", "/api/summary"): api_summary,
+}
+# Paths that belong to Token Spy (never relayed), even where a method is not routed.
+OWN_PREFIXES = ("/api/",)
+OWN_PATHS = {"/health", "/dashboard", "/token-usage", "/token_events", "/metrics", "/api"}
+
+
+# ---------------------------------------------------------------------------
+# HTTP server: the relay and the API on one port
+# ---------------------------------------------------------------------------
+
+class Handler(BaseHTTPRequestHandler):
+    """Serves Token Spy's own paths and relays everything else upstream."""
+
+    protocol_version = "HTTP/1.1"
+    server_version = "TokenSpy/" + __version__
+    rbufsize = 64 * 1024
+
+    def setup(self):
+        super().setup()
+        try:
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+    def log_message(self, fmt, *args):
+        log.debug("%s %s", self.address_string(), fmt % args)
+
+    @property
+    def app(self):
+        return self.server.app
+
+    def do_any(self):
+        target = self.path
+        if not target.startswith("/"):           # absolute-form; we are not a forward proxy
+            parts = urlsplit(target)
+            target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
+        path, _, query = target.partition("?")
+        agent = self.app.config.agent
+        if path.startswith("/agent/"):
+            _, _, rest = path.partition("/agent/")
+            name, slash, remainder = rest.partition("/")
+            name = unquote(name)
+            if not AGENT_NAME_RE.match(name):
+                return self.send_json(400, {"error": "agent name %r in the URL is not valid: use letters, "
+                                                     "digits, '.', '_' or '-'" % name, "status": 400})
+            agent, path = name, slash + remainder if slash else "/"
+        if path in OWN_PATHS or path.startswith(OWN_PREFIXES):
+            return self.serve_api(path, query)
+        return self.relay(agent, path, query)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = do_any
+
+    # -- own endpoints ---------------------------------------------------------------
+
+    def serve_api(self, path, query):
+        body = self.read_body()
+        if body is None:
+            return
+        handler = ROUTES.get((self.command, path)) or ROUTES.get(("GET", path) if self.command == "HEAD" else None)
+        try:
+            if handler is None:
+                allowed = sorted(m for (m, p) in ROUTES if p == path)
+                if allowed:
+                    raise ApiError(405, "%s %s is not supported; use %s" % (self.command, path, ", ".join(allowed)))
+                if path == "/dashboard":
+                    return self.send_file(os.path.join(HERE, "dashboard.html"), "text/html; charset=utf-8")
+                raise ApiError(404, "no such endpoint: %s" % path)
+            result = handler(self.app, parse_qs(query, keep_blank_values=True), body)
+            self.send_json(200, result)
+        except ApiError as exc:
+            self.send_json(exc.status, {"error": exc.message, "status": exc.status})
+        except Exception:
+            log.exception("API %s %s failed", self.command, path)
+            self.send_json(500, {"error": "internal error; see Token Spy's log", "status": 500})
+
+    def send_json(self, status, obj):
+        data = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=str).encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    def send_file(self, path, ctype):
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read()
+        except OSError:
+            raise ApiError(404, "%s is missing beside tokenspy.py" % os.path.basename(path))
+        self.send_response(200)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Cache-Control", "no-cache")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    # -- request body ------------------------------------------------------------------
+
+    def read_body(self):
+        """The request body (Content-Length or chunked) or None after answering an error."""
+        limit = int(self.app.config.max_body_mb * 1024 * 1024)
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            parts, size = [], 0
+            while True:
+                line = self.rfile.readline(1026)
+                try:
+                    n = int(line.split(b";")[0].strip(), 16)
+                except ValueError:
+                    self.close_connection = True
+                    self.send_json(400, {"error": "malformed chunked request body", "status": 400})
+                    return None
+                if n == 0:
+                    while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+                        pass
+                    return b"".join(parts)
+                size += n
+                if size > limit:
+                    self.close_connection = True
+                    self.send_json(413, {"error": "request body over %d MB (--max-body-mb)" % self.app.config.max_body_mb, "status": 413})
+                    return None
+                parts.append(self.rfile.read(n))
+                self.rfile.readline(3)
+        length = self.headers.get("Content-Length")
+        if not length:
+            return b""
+        try:
+            n = int(length)
+            if n < 0:
+                raise ValueError
+        except ValueError:
+            self.close_connection = True
+            self.send_json(400, {"error": "invalid Content-Length %r" % length, "status": 400})
+            return None
+        if n > limit:
+            self.close_connection = True
+            self.send_json(413, {"error": "request body over %g MB (--max-body-mb)" % self.app.config.max_body_mb, "status": 413})
+            return None
+        data = self.rfile.read(n)
+        if len(data) < n:
+            self.close_connection = True
+            return None
+        return data
+
+    # -- relay -------------------------------------------------------------------------
+
+    def relay(self, agent, path, query):
+        upgrade = (self.headers.get("Upgrade") or "").lower()
+        if upgrade:
+            return self.refuse_upgrade(upgrade)
+        body = self.read_body()
+        if body is None:
+            return
+        app = self.app
+        provider, api = route_provider(path, self.headers)
+        metered = api is not None and self.command == "POST"
+        upstream = app.upstreams[provider]
+        full_path = upstream.target(path) + ("?" + query if query else "")
+        connection_tokens = {t.strip().lower() for t in (self.headers.get("Connection") or "").split(",")}
+        headers = [(k, v) for k, v in self.headers.items()
+                   if k.lower() not in REQUEST_DROP and k.lower() not in connection_tokens]
+        if metered:
+            narrowed = narrow_accept_encoding(self.headers.get("Accept-Encoding"))
+            if narrowed is not None:
+                headers = [(k, narrowed if k.lower() == "accept-encoding" else v) for k, v in headers]
+            if app.config.inject_stream_usage and api == "chat":
+                injected = inject_include_usage(body)
+                if injected is not None:
+                    body = injected
+        flow = Flow(agent, provider, api, upstream.url, self.command, full_path, self.headers, body) if metered else None
+        try:
+            conn, resp = upstream.request(self.command, full_path, headers, body)
+        except UpstreamError as exc:
+            status = 504 if exc.timeout else 502
+            log.warning("%s %s -> %d: %s", self.command, full_path, status, exc)
+            self.send_json(status, proxy_error_body(provider, status, str(exc)))
+            if flow:
+                flow.status, flow.error, flow.t_end = status, str(exc), time.perf_counter()
+                app.recorder.submit(flow)
+            return
+        if flow:
+            flow.ttfb = time.perf_counter()
+        self.relay_response(conn, resp, upstream, flow)
+
+    def relay_response(self, conn, resp, upstream, flow):
+        app = self.app
+        connection_tokens = {t.strip().lower() for t in (resp.getheader("Connection") or "").split(",")}
+        out_headers = [(k, v) for k, v in resp.getheaders()
+                       if k.lower() not in HOP_BY_HOP and k.lower() not in connection_tokens]
+        no_body = self.command == "HEAD" or resp.status in (204, 304) or 100 <= resp.status < 200
+        length = resp.getheader("Content-Length") if not resp.chunked else None
+        chunked = not no_body and length is None
+        if chunked and self.request_version != "HTTP/1.1":
+            self.close_connection = True            # HTTP/1.0 client: end of body = close
+            chunked = False
+        if flow:
+            flow.status = resp.status
+            flow.response_headers = out_headers
+        lines = ["%s %d %s\r\n" % (self.protocol_version, resp.status, resp.reason or "")]
+        lines += ["%s: %s\r\n" % (k, v) for k, v in out_headers if k.lower() != "transfer-encoding"]
+        if chunked:
+            lines.append("Transfer-Encoding: chunked\r\n")
+        if self.close_connection:
+            lines.append("Connection: close\r\n")
+        lines.append("\r\n")
+        write = self.wfile.write
+        try:
+            try:
+                write("".join(lines).encode("latin-1", "replace"))
+                if not no_body:
+                    read1 = resp.read1
+                    while True:
+                        data = read1(65536)
+                        if not data:
+                            break
+                        write(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
+                        if flow:
+                            flow.add(data)
+                    if chunked:
+                        write(b"0\r\n\r\n")
+            except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError) as exc:
+                if self._client_gone(exc):
+                    if flow:
+                        flow.error = "client disconnected before the response ended"
+                else:
+                    raise
+                self.close_connection = True
+                conn.close()
+                return
+            except (socket.timeout, OSError, http.client.HTTPException) as exc:
+                # Upstream failed mid-body: the status is already sent, so cut the client off
+                # (a truncated chunked body tells it something went wrong).
+                log.warning("upstream failed mid-response on %s: %r", flow.path if flow else "", exc)
+                if flow:
+                    flow.error = "upstream failed mid-response: %s" % (exc or type(exc).__name__)
+                self.close_connection = True
+                conn.close()
+                return
+            upstream.release(conn, resp)
+        finally:
+            if flow:
+                flow.t_end = time.perf_counter()
+                app.recorder.submit(flow)
+
+    def _client_gone(self, exc):
+        """Was a write error the client's socket (not the upstream's)?"""
+        return True
+
+    def refuse_upgrade(self, upgrade):
+        """WebSocket and other upgrades are refused at once, so clients fall back to HTTPS.
+
+        Codex tries the Responses API over a WebSocket first and falls back to a normal
+        POST /v1/responses, which Token Spy meters. Tunnelling it would hide the turn.
+        """
+        self.read_body()
+        self.close_connection = True
+        self.send_json(426 if upgrade != "websocket" else 404, {
+            "error": {"message": "Token Spy does not relay %s upgrades; use plain HTTP(S) requests" % upgrade,
+                      "type": "invalid_request_error", "code": "upgrade_not_supported"}})
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(self, address, app):
+        self.app = app
+        super().__init__(address, Handler)
+
+    def handle_error(self, request, client_address):
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, socket.timeout)):
+            return
+        log.exception("unexpected error serving %s", client_address)
+
+
+class TokenSpy:
+    """The whole program: store, prices, recorder, upstream pools and the HTTP server."""
+
+    def __init__(self, config):
+        self.config = config
+        self.started = time.time()
+        try:
+            self.store = tokenspy_db.Store(config.db)
+        except (OSError, Exception) as exc:
+            if isinstance(exc, ConfigError):
+                raise
+            raise ConfigError("--db %s: cannot open the database (%s); pick a writable path with --db or DB_PATH"
+                              % (config.db, exc))
+        self.prices = Prices(override=config.prices)
+        local = {"agents": config.local_model_agents, "upstream": config.local_upstream}
+        self.recorder = Recorder(self.store, self.prices, local)
+        self.upstreams = {}
+        for provider in ("anthropic", "openai"):
+            url = getattr(config, provider + "_upstream")
+            shared = [u for u in self.upstreams.values() if u.url == url.rstrip("/")]
+            self.upstreams[provider] = shared[0] if shared else Upstream(url, config.connect_timeout, config.timeout)
+        try:
+            self.server = Server((config.host, config.port), self)
+        except OSError as exc:
+            raise ConfigError("cannot listen on %s:%d (%s); pick another --port or --host"
+                              % (config.host, config.port, exc.strerror or exc))
+        self.port = self.server.server_address[1]
+        self.url = "http://%s:%d" % (config.host if ":" not in config.host else "[%s]" % config.host, self.port)
+        self._thread = None
+
+    def start(self):
+        """Serve in background threads (for tests and embedding); returns self."""
+        self.recorder.start()
+        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.1},
+                                        name="tokenspy-server", daemon=True)
+        self._thread.start()
+        return self
+
+    def serve_forever(self):
+        self.recorder.start()
+        try:
+            self.server.serve_forever(poll_interval=0.5)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.close()
+
+    def close(self):
+        self.server.shutdown() if self._thread else None
+        self.server.server_close()
+        self.recorder.flush(timeout=10)
+        self.recorder.stop()
+        self.recorder.join(timeout=10)
+        for upstream in set(self.upstreams.values()):
+            upstream.close()
+        self.store.close()
+
+
+# ---------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------
+
+def main(argv=None):
+    try:
+        config = load_config(argv)
+    except ConfigError as exc:
+        print("tokenspy: error: %s" % exc, file=sys.stderr)
+        return 2
+    logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        app = TokenSpy(config)
+    except ConfigError as exc:
+        print("tokenspy: error: %s" % exc, file=sys.stderr)
+        return 2
+    if config.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("listening on %s: anyone who can reach this address can read your usage and use "
+                    "the API; bind 127.0.0.1 unless you mean it", config.host)
+    log.info("Token Spy %s on %s (agent %s) -> anthropic %s, openai %s; db %s", __version__, app.url,
+             config.agent, config.anthropic_upstream, config.openai_upstream, config.db)
+    app.serve_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,295 @@
+"""Token Spy storage: one SQLite file, shared by every Token Spy process on the host.
+
+The schema lives in MIGRATIONS and nowhere else: each entry upgrades the file by one
+step and bumps ``PRAGMA user_version``. Writes come from exactly one writer thread per
+process (``Store.insert_turns``), in batches, under ``BEGIN IMMEDIATE`` so several
+processes can share the file (WAL, busy timeout, retry). Reads use a small pool of
+read-only connections.
+
+Timestamps are stored as fixed-width UTC ISO-8601 strings with milliseconds
+(``2026-12-04T16:19:55.123Z``). Every cutoff is computed in Python in the same format,
+so string comparison is time comparison (the earlier implementation compared against
+SQLite's ``datetime()`` format and so returned whole days for "last hour").
+"""
+
+import json
+import os
+import queue
+import sqlite3
+import threading
+import time
+from datetime import datetime, timezone
+
+BUSY_TIMEOUT_MS = 10000
+
+# ---------------------------------------------------------------------------
+# Schema
+# ---------------------------------------------------------------------------
+
+# Every column of a logged turn, in table order, after `id`. The writer inserts exactly
+# these; /api/usage returns them. Earlier implementation names are kept as they were.
+USAGE_COLUMNS = (
+    "timestamp",                 # request start, UTC, '%Y-%m-%dT%H:%M:%S.mmmZ'
+    "agent",
+    "provider",                  # anthropic | openai
+    "api",                       # messages | chat | responses | completions | embeddings
+    "upstream",                  # upstream base URL
+    "method",
+    "path",                      # path sent upstream, query string included
+    "model",                     # the model priced: response model, else requested model
+    "requested_model",
+    "response_model",
+    "stream",                    # 0/1
+    "status",                    # HTTP status sent to the client (502/504 when Token Spy answered)
+    "error",                     # error text: upstream error message, transport error, disconnect
+    "input_tokens",              # uncached input; input + cache_read + cache_write = whole prompt
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "cache_write_5m_tokens",     # short-TTL part of cache_write (Anthropic 5m, OpenAI 30m)
+    "cache_write_1h_tokens",     # long-TTL part (Anthropic 1h, OpenAI 12h)
+    "reasoning_tokens",          # part of output_tokens, never added to it
+    "usage_source",              # provider | partial | estimated | missing
+    "usage_raw",                 # the provider's usage object(s) as JSON text
+    "estimated_cost_usd",        # NULL when the usage or the price is unknown
+    "price_entry",               # price table key used, 'local' for self-hosted, NULL if unpriced
+    "price_version",
+    "duration_ms",               # request received -> last byte relayed
+    "ttfb_ms",                   # request received -> first response byte from upstream
+    "stop_reason",
+    "request_id",                # upstream request id (request-id / x-request-id)
+    "client_session_id",         # X-Claude-Code-Session-Id, session-id, ...
+    "request_body_bytes",
+    "response_body_bytes",
+    "message_count",
+    "user_message_count",
+    "assistant_message_count",
+    "conversation_history_chars",
+    "system_prompt_total_chars",
+    "workspace_agents_chars",
+    "workspace_soul_chars",
+    "workspace_tools_chars",
+    "workspace_identity_chars",
+    "workspace_user_chars",
+    "workspace_heartbeat_chars",
+    "workspace_bootstrap_chars",
+    "workspace_memory_chars",
+    "workspace_other_chars",
+    "skill_injection_chars",
+    "base_prompt_chars",
+    "tool_count",                # tool definitions sent in the request
+    "tool_defs_chars",           # their compact-JSON size
+    "tools_called",              # JSON list of tool names the response called
+)
+
+_USAGE_TYPES = {c: "INTEGER" for c in USAGE_COLUMNS}
+_USAGE_TYPES.update({c: "TEXT" for c in (
+    "timestamp", "agent", "provider", "api", "upstream", "method", "path", "model",
+    "requested_model", "response_model", "error", "usage_source", "usage_raw",
+    "price_entry", "price_version", "stop_reason", "request_id", "client_session_id",
+    "tools_called")})
+_USAGE_TYPES["estimated_cost_usd"] = "REAL"
+_USAGE_TYPES["timestamp"] = "TEXT NOT NULL"
+_USAGE_TYPES["agent"] = "TEXT NOT NULL"
+
+
+def _create_usage():
+    cols = ",\n  ".join("%s %s" % (c, _USAGE_TYPES[c]) for c in USAGE_COLUMNS)
+    return "CREATE TABLE usage (\n  id INTEGER PRIMARY KEY AUTOINCREMENT,\n  %s\n)" % cols
+
+
+# One entry per schema version: (description, SQL statements). Never edit a shipped
+# entry; append a new one.
+MIGRATIONS = (
+    ("per-turn usage log", (
+        _create_usage(),
+        "CREATE INDEX idx_usage_timestamp ON usage(timestamp)",
+        "CREATE INDEX idx_usage_agent_timestamp ON usage(agent, timestamp)",
+    )),
+)
+
+
+def migrate(conn):
+    """Bring the file up to the newest schema, one numbered step at a time."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        for number, (_, statements) in enumerate(MIGRATIONS, start=1):
+            if number <= version:
+                continue
+            for sql in statements:
+                conn.execute(sql)
+            conn.execute("PRAGMA user_version = %d" % number)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return len(MIGRATIONS)
+
+
+def iso_utc(ts):
+    """Epoch seconds -> the stored timestamp format (fixed width, so it sorts as time)."""
+    dt = datetime.fromtimestamp(ts, tz=timezone.utc)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + "%03dZ" % (dt.microsecond // 1000)
+
+
+def parse_iso(text):
+    """Stored timestamp -> epoch seconds."""
+    dt = datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+    return dt.timestamp()
+
+
+def _connect(path, readonly=False):
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000.0, isolation_level=None,
+                           check_same_thread=False)
+    conn.execute("PRAGMA busy_timeout = %d" % BUSY_TIMEOUT_MS)
+    if readonly:
+        conn.execute("PRAGMA query_only = 1")
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+# ---------------------------------------------------------------------------
+# Store
+# ---------------------------------------------------------------------------
+
+class Store:
+    """The SQLite file. One instance per process.
+
+    ``insert_turns`` is for the writer thread only; the query methods may be called from
+    any thread (they borrow a read-only connection from a pool).
+    """
+
+    def __init__(self, path):
+        self.path = path
+        directory = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(directory):
+            raise OSError("folder %s does not exist" % directory)
+        conn = _connect(path)
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            migrate(conn)
+        finally:
+            conn.close()
+        self._writer = None
+        self._readers = queue.LifoQueue()
+        self._insert_sql = "INSERT INTO usage (%s) VALUES (%s)" % (
+            ", ".join(USAGE_COLUMNS), ", ".join("?" * len(USAGE_COLUMNS)))
+
+    # -- writing (writer thread) --------------------------------------------------
+
+    def insert_turns(self, rows, attempts=5):
+        """Insert rows (dicts keyed by USAGE_COLUMNS) in one transaction.
+
+        Retries while another process holds the write lock; raises after `attempts`.
+        Returns the new row ids.
+        """
+        if self._writer is None:
+            self._writer = _connect(self.path)
+            self._writer.execute("PRAGMA synchronous = NORMAL")
+        values = [tuple(row.get(c) for c in USAGE_COLUMNS) for row in rows]
+        delay = 0.05
+        for attempt in range(attempts):
+            try:
+                cur = self._writer.cursor()
+                cur.execute("BEGIN IMMEDIATE")
+                ids = []
+                try:
+                    for v in values:
+                        cur.execute(self._insert_sql, v)
+                        ids.append(cur.lastrowid)
+                    cur.execute("COMMIT")
+                except BaseException:
+                    cur.execute("ROLLBACK")
+                    raise
+                return ids
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+        return []
+
+    def writable(self):
+        """True when this process can write the file right now."""
+        return os.access(self.path, os.W_OK) and os.access(os.path.dirname(os.path.abspath(self.path)), os.W_OK)
+
+    # -- reading (any thread) -----------------------------------------------------
+
+    def _reader(self):
+        try:
+            return self._readers.get_nowait()
+        except queue.Empty:
+            return _connect(self.path, readonly=True)
+
+    def query(self, sql, params=()):
+        conn = self._reader()
+        try:
+            return [dict(r) for r in conn.execute(sql, params).fetchall()]
+        finally:
+            self._readers.put(conn)
+
+    def close(self):
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        while True:
+            try:
+                self._readers.get_nowait().close()
+            except queue.Empty:
+                break
+
+    # -- the guide's queries ------------------------------------------------------
+
+    def usage(self, hours=24, limit=100, agent=None):
+        """Raw turns in the last `hours`, newest first."""
+        sql = "SELECT * FROM usage WHERE timestamp >= ?"
+        params = [iso_utc(time.time() - hours * 3600)]
+        if agent:
+            sql += " AND agent = ?"
+            params.append(agent)
+        sql += " ORDER BY timestamp DESC, id DESC LIMIT ?"
+        params.append(int(limit))
+        rows = self.query(sql, params)
+        for row in rows:
+            for key in ("usage_raw", "tools_called"):
+                if row.get(key):
+                    try:
+                        row[key] = json.loads(row[key])
+                    except ValueError:
+                        pass
+        return rows
+
+    def summary(self, hours=24):
+        """Aggregates per agent over the last `hours` (earlier implementation's fields)."""
+        sql = """
+            SELECT agent,
+                   COUNT(*) AS turns,
+                   SUM(input_tokens) AS total_input_tokens,
+                   SUM(output_tokens) AS total_output_tokens,
+                   SUM(cache_read_tokens) AS total_cache_read,
+                   SUM(cache_write_tokens) AS total_cache_write,
+                   ROUND(SUM(estimated_cost_usd), 6) AS total_cost,
+                   ROUND(AVG(estimated_cost_usd), 6) AS avg_cost,
+                   AVG(input_tokens) AS avg_input_tokens,
+                   MAX(input_tokens) AS max_input_tokens,
+                   AVG(system_prompt_total_chars) AS avg_system_chars,
+                   AVG(conversation_history_chars) AS avg_history_chars,
+                   AVG(skill_injection_chars) AS avg_skill_chars,
+                   AVG(base_prompt_chars) AS avg_base_prompt_chars,
+                   SUM(CASE WHEN status >= 400 OR error IS NOT NULL THEN 1 ELSE 0 END) AS failed_turns,
+                   SUM(CASE WHEN estimated_cost_usd IS NULL AND usage_source != 'missing' THEN 1 ELSE 0 END) AS unpriced_turns,
+                   SUM(CASE WHEN usage_source = 'missing' THEN 1 ELSE 0 END) AS turns_without_usage,
+                   MIN(timestamp) AS first_turn,
+                   MAX(timestamp) AS last_turn
+            FROM usage WHERE timestamp >= ?
+            GROUP BY agent ORDER BY agent"""
+        rows = self.query(sql, [iso_utc(time.time() - hours * 3600)])
+        for row in rows:
+            for key in ("avg_input_tokens", "avg_system_chars", "avg_history_chars",
+                        "avg_skill_chars", "avg_base_prompt_chars"):
+                if row[key] is not None:
+                    row[key] = round(row[key], 1)
+        return rows
