@@ -17,6 +17,7 @@ Standard library only; Python 3.9 or newer. See README.md.
 """
 
 import argparse
+import calendar
 import gzip
 import http.client
 import json
@@ -82,6 +83,9 @@ OPTIONS = (
            "seconds to wait for upstream bytes (per read) before answering 504", float),
     Option("--connect-timeout", ("TOKENSPY_CONNECT_TIMEOUT",), 10.0, "seconds to connect upstream", float),
     Option("--max-body-mb", ("TOKENSPY_MAX_BODY_MB",), 64.0, "largest request body accepted (413 above)", float),
+    Option("--timer-dropin", ("TOKENSPY_TIMER_DROPIN",), "/etc/systemd/system/tokenspy.timer.d/poll-interval.conf",
+           "drop-in written when poll_interval_minutes changes", str),
+    Option("--timer-unit", ("TOKENSPY_TIMER_UNIT",), "tokenspy.timer", "timer restarted after that change", str),
     Option("--log-level", ("TOKENSPY_LOG_LEVEL", "LOG_LEVEL"), "info", "debug, info, warning or error", str),
 )
 
@@ -1118,6 +1122,605 @@ def proxy_error_body(provider, status, message):
 
 
 # ---------------------------------------------------------------------------
+# Shared settings: one JSON file for every instance, written atomically under a lock
+# ---------------------------------------------------------------------------
+
+# The settings that /api/settings accepts, globally and per agent (null = inherit):
+# name -> (minimum, maximum, default). The one place their rules live.
+SETTING_RULES = {
+    "session_char_limit": (10000, 100000000, 200000),
+    "poll_interval_minutes": (1, 60, 5),
+}
+# Earlier implementation's environment names, used as defaults when the file has no value.
+SETTING_ENV = {"session_char_limit": "SESSION_CHAR_LIMIT", "poll_interval_minutes": "POLL_INTERVAL_MINUTES"}
+
+try:
+    import fcntl
+except ImportError:  # not on Windows; there the lock is only per process
+    fcntl = None
+
+
+class SettingsFile:
+    """settings.json shared by every Token Spy instance on the host.
+
+    Reads are cached on the file's (mtime, size) so a change made by any instance is seen
+    at the next read. Updates hold an exclusive lock on settings.json.lock, re-read the
+    file, validate the whole patch first, then write a temp file, fsync and rename: two
+    instances posting at once never lose an update and a reader never sees half a file.
+    """
+
+    def __init__(self, path, environ=None):
+        self.path = path
+        self._cache = (None, None)
+        self._lock = threading.Lock()
+        environ = os.environ if environ is None else environ
+        self.defaults = {}
+        for key, (lo, hi, default) in SETTING_RULES.items():
+            raw = environ.get(SETTING_ENV[key])
+            try:
+                value = int(raw) if raw else default
+                self.defaults[key] = value if lo <= value <= hi else default
+            except ValueError:
+                self.defaults[key] = default
+
+    def _read_file(self):
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return {}
+        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if self._cache[0] == stamp:
+            return self._cache[1]
+        try:
+            with open(self.path, encoding="utf-8") as fh:
+                data = json.load(fh)
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as exc:
+            log.error("settings file %s is unreadable (%s); using defaults until it is fixed", self.path, exc)
+            return {}
+        self._cache = (stamp, data)
+        return data
+
+    def read(self):
+        """The stored settings with every global key present."""
+        data = self._read_file()
+        out = {key: data.get(key) if isinstance(data.get(key), int) else self.defaults[key] for key in SETTING_RULES}
+        agents = data.get("agents") if isinstance(data.get("agents"), dict) else {}
+        out["agents"] = {name: {key: (v.get(key) if isinstance(v, dict) else None) for key in SETTING_RULES}
+                         for name, v in agents.items()}
+        for key, value in data.items():          # keys added by later versions survive a round trip
+            if key not in out:
+                out[key] = value
+        return out
+
+    def effective(self, agent, key):
+        settings = self.read()
+        value = settings["agents"].get(agent, {}).get(key)
+        return value if value is not None else settings[key]
+
+    @staticmethod
+    def validate(patch):
+        """Check a POST body; -> cleaned patch. Raises ApiError naming the field."""
+        if not isinstance(patch, dict):
+            raise ApiError(400, "settings must be a JSON object")
+        clean = {}
+        for key, value in patch.items():
+            if key == "agents":
+                if not isinstance(value, dict):
+                    raise ApiError(400, "agents must be an object of agent name -> overrides")
+                clean["agents"] = {}
+                for name, overrides in value.items():
+                    if not AGENT_NAME_RE.match(name):
+                        raise ApiError(400, "agents: %r is not a valid agent name" % name)
+                    if overrides is None:
+                        clean["agents"][name] = None          # forget the agent's overrides
+                        continue
+                    if not isinstance(overrides, dict):
+                        raise ApiError(400, "agents.%s must be an object" % name)
+                    clean["agents"][name] = {}
+                    for k, v in overrides.items():
+                        clean["agents"][name][k] = SettingsFile._check("agents.%s.%s" % (name, k), k, v, True)
+            else:
+                clean[key] = SettingsFile._check(key, key, value, False)
+        return clean
+
+    @staticmethod
+    def _check(field, key, value, nullable):
+        if key not in SETTING_RULES:
+            raise ApiError(400, "%s: unknown setting (known: %s)" % (field, ", ".join(sorted(SETTING_RULES))))
+        if value is None:
+            if nullable:
+                return None
+            raise ApiError(400, "%s: a global setting cannot be null" % field)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ApiError(400, "%s must be an integer, got %s" % (field, json.dumps(value)))
+        lo, hi = SETTING_RULES[key][:2]
+        if not lo <= value <= hi:
+            raise ApiError(400, "%s must be between %d and %d, got %d" % (field, lo, hi, value))
+        return value
+
+    def update(self, patch):
+        """Apply a validated patch atomically; -> (new settings, old settings)."""
+        lock_path = self.path + ".lock"
+        with self._lock:
+            with open(lock_path, "a") as lock:
+                if fcntl:
+                    fcntl.flock(lock, fcntl.LOCK_EX)
+                try:
+                    self._cache = (None, None)
+                    old = self.read()
+                    stored = self._read_file()
+                    new = dict(stored)
+                    for key in SETTING_RULES:
+                        new[key] = old[key]
+                    agents = {k: dict(v) for k, v in old["agents"].items()}
+                    for key, value in patch.items():
+                        if key != "agents":
+                            new[key] = value
+                    for name, overrides in patch.get("agents", {}).items():
+                        if overrides is None:
+                            agents.pop(name, None)
+                        else:
+                            agents.setdefault(name, dict.fromkeys(SETTING_RULES))
+                            agents[name].update(overrides)
+                    new["agents"] = agents
+                    self._write(new)
+                    return self.read(), old
+                finally:
+                    if fcntl:
+                        fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _write(self, data):
+        folder = os.path.dirname(os.path.abspath(self.path))
+        tmp = os.path.join(folder, ".%s.%d.%d.tmp" % (os.path.basename(self.path), os.getpid(), threading.get_ident()))
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2, sort_keys=False)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+        self._cache = (None, None)
+        try:
+            dfd = os.open(folder, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError:
+            pass
+
+
+TIMER_DROPIN_TEXT = ("# Written by Token Spy when poll_interval_minutes changes (POST /api/settings).\n"
+                     "[Timer]\nOnUnitActiveSec=\nOnUnitActiveSec=%dmin\n")
+
+
+def update_timer(minutes, dropin_path, unit, runner=None):
+    """Point the session manager's timer at a new interval: drop-in, daemon-reload, restart.
+
+    -> {"updated": bool, "reason"?: str, "dropin": path}. Never raises, never writes an
+    invalid unit (minutes is validated before this is called).
+    """
+    import shutil
+    import subprocess
+    result = {"updated": False, "dropin": dropin_path, "unit": unit, "interval_minutes": minutes}
+    if not isinstance(minutes, int) or not 1 <= minutes <= 60:
+        result["reason"] = "invalid interval %r" % (minutes,)
+        return result
+    systemctl = shutil.which("systemctl")
+    if not systemctl:
+        result["reason"] = "systemctl not found: no systemd here; run session-manager.sh from cron instead"
+        return result
+    try:
+        os.makedirs(os.path.dirname(dropin_path), exist_ok=True)
+        tmp = dropin_path + ".tmp"
+        with open(tmp, "w") as fh:
+            fh.write(TIMER_DROPIN_TEXT % minutes)
+        os.replace(tmp, dropin_path)
+    except OSError as exc:
+        result["reason"] = "cannot write %s (%s); run Token Spy with write access there or edit the timer by hand" % (
+            dropin_path, exc.strerror or exc)
+        return result
+    run = runner or (lambda argv: subprocess.run(argv, capture_output=True, text=True, timeout=30))
+    for argv in ([systemctl, "daemon-reload"], [systemctl, "restart", unit]):
+        try:
+            proc = run(argv)
+        except (OSError, subprocess.SubprocessError) as exc:
+            result["reason"] = "%s failed: %s" % (" ".join(argv[1:]), exc)
+            return result
+        if proc.returncode != 0:
+            result["reason"] = "systemctl %s failed (exit %d): %s" % (
+                " ".join(argv[1:]), proc.returncode, (proc.stderr or proc.stdout or "").strip()[:300])
+            return result
+    result["updated"] = True
+    return result
+
+
+# ---------------------------------------------------------------------------
+# Sessions: status from the log, session files, resets by archiving
+# ---------------------------------------------------------------------------
+
+CHARS_PER_TOKEN = 4
+STATUS_WINDOW_DAYS = 7           # how far back session status looks
+ACTIVE_MINUTES = 15              # a session file written this recently counts as active
+SIDE_CALL_LOOKAHEAD = 3          # turns within which a long conversation must resume
+TOOL_LOOP_RESULTS = 480          # file-based status: this many tool results is a loop
+AUTO_RESET_COOLDOWN = 60.0       # seconds between two automatic resets of one agent
+
+
+def recommendation(history, limit):
+    """The guide's scale, one for every path: healthy < L <= monitor, > 2L, > 2.5L."""
+    if history is None:
+        return "no_data"
+    if history > 2.5 * limit:
+        return "reset_recommended"
+    if history > 2 * limit:
+        return "compact_soon"
+    if history >= limit:
+        return "monitor"
+    return "healthy"
+
+
+def current_session(rows, reset_at=None):
+    """Split an agent's turns (oldest first) -> (session turns, main turns).
+
+    Boundaries, strongest first: a reset by Token Spy (turns that started before it are
+    not part of the new session); the client's own session id (Claude Code, Codex send
+    one); a sharp drop in history (below half of the conversation so far). A drop is a
+    side call (title generation, a sub-agent, a quota check), not a new session, when the
+    conversation resumes at its old size within SIDE_CALL_LOOKAHEAD turns, or when it is
+    one of the newest turns and a one- or two-message request.
+    """
+    if reset_at:
+        rows = [r for r in rows if r["timestamp"] > reset_at]
+    rows = [r for r in rows if r.get("conversation_history_chars") is not None]
+    if not rows:
+        return [], []
+    sid = rows[-1].get("client_session_id")
+    if sid:
+        rows = [r for r in rows if r.get("client_session_id") == sid]
+    start, ref, main = 0, None, []
+    for i, row in enumerate(rows):
+        h = row["conversation_history_chars"]
+        if ref is None or ref <= 1000 or h >= 0.5 * ref:
+            ref = h
+            main.append(i)
+            continue
+        ahead = rows[i + 1:i + 1 + SIDE_CALL_LOOKAHEAD]
+        if any(r["conversation_history_chars"] >= 0.9 * ref for r in ahead):
+            continue                                  # the conversation resumed: a side call
+        if len(ahead) < SIDE_CALL_LOOKAHEAD and (row.get("message_count") or 0) <= 2 and not any(
+                r["conversation_history_chars"] < 0.5 * ref and (r.get("message_count") or 0) > 2 for r in ahead):
+            continue                                  # too new to tell, and shaped like a side call
+        start, ref = i, h
+        main = [i]
+    return rows[start:], [rows[i] for i in main if i >= start]
+
+
+def _round(value, digits=6):
+    return round(value, digits) if value is not None else None
+
+
+class Sessions:
+    """Session status, session files and resets for every agent this instance knows."""
+
+    def __init__(self, app):
+        self.app = app
+        self._last_auto = {}
+        self._lock = threading.Lock()
+
+    @property
+    def dirs(self):
+        return self.app.config.agent_session_dirs
+
+    def known_agents(self):
+        names = set(self.app.store.agents()) | set(self.dirs) | {self.app.config.agent}
+        names |= set(self.app.settings.read()["agents"])
+        return sorted(names)
+
+    def limit(self, agent):
+        return self.app.settings.effective(agent, "session_char_limit")
+
+    # -- status -----------------------------------------------------------------------
+
+    def status(self, agent):
+        store = self.app.store
+        limit = self.limit(agent)
+        last = store.last_reset(agent)
+        rows = store.agent_turns(agent, time.time() - STATUS_WINDOW_DAYS * 86400)
+        out = {"agent": agent, "session_char_limit": limit,
+               "session_char_limit_tokens": limit // CHARS_PER_TOKEN,
+               "last_reset": ({k: last[k] for k in ("timestamp", "reason", "detail", "session_id", "archived_to")}
+                              if last else None)}
+        if agent in self.app.config.local_model_agents:
+            out["is_local_model"] = True
+        session, main = current_session(rows, last["timestamp"] if last else None)
+        since_reset = [r for r in rows if not last or r["timestamp"] > last["timestamp"]]
+        if not session:
+            file_status = self.file_status(agent) if agent in self.dirs and not rows else None
+            if file_status:
+                out.update(file_status)
+                out.update(recommendation=self._file_recommendation(file_status, limit), source="session_files")
+                return out
+            out.update(current_session_turns=0, current_history_chars=0, current_history_tokens=0,
+                       last_turn_cost=None, avg_cost_last_5=None, cache_write_pct_last_5=None,
+                       cost_since_last_reset=_round(self._sum_cost(since_reset)),
+                       turns_since_last_reset=len(since_reset), recommendation="no_data", source="log",
+                       session_started=None, client_session_id=None)
+            return out
+        history = main[-1]["conversation_history_chars"] if main else session[-1]["conversation_history_chars"]
+        last5 = session[-5:]
+        costs = [r["estimated_cost_usd"] for r in last5 if r["estimated_cost_usd"] is not None]
+        reads = sum(r["cache_read_tokens"] or 0 for r in last5)
+        writes = sum(r["cache_write_tokens"] or 0 for r in last5)
+        out.update(
+            current_session_turns=len(session),
+            current_history_chars=history,
+            current_history_tokens=history // CHARS_PER_TOKEN,
+            last_turn_cost=session[-1]["estimated_cost_usd"],
+            avg_cost_last_5=_round(sum(costs) / len(costs)) if costs else None,
+            cache_write_pct_last_5=round(writes / (reads + writes), 4) if reads + writes else None,
+            session_cost=_round(self._sum_cost(session)),
+            cost_since_last_reset=_round(self._sum_cost(since_reset)),
+            turns_since_last_reset=len(since_reset),
+            recommendation=recommendation(history, limit),
+            session_started=session[0]["timestamp"],
+            last_turn_at=session[-1]["timestamp"],
+            client_session_id=session[-1].get("client_session_id"),
+            source="log",
+        )
+        return out
+
+    @staticmethod
+    def _sum_cost(rows):
+        costs = [r["estimated_cost_usd"] for r in rows if r["estimated_cost_usd"] is not None]
+        return sum(costs) if costs else (0.0 if rows else None)
+
+    @staticmethod
+    def _file_recommendation(fs, limit):
+        if fs.get("tool_results", 0) >= TOOL_LOOP_RESULTS:
+            return "reset_recommended"
+        return recommendation(fs.get("current_history_chars"), limit)
+
+    # -- session files ----------------------------------------------------------------
+
+    def session_files(self, agent):
+        """[{session_id, path, size_bytes, mtime, listed}] of *.jsonl in the agent's dir."""
+        folder = self.dirs.get(agent)
+        if not folder or not os.path.isdir(folder):
+            return []
+        listed = self._listed_ids(folder)
+        out = []
+        for entry in os.scandir(folder):
+            if not entry.name.endswith(".jsonl") or not entry.is_file(follow_symlinks=False):
+                continue
+            st = entry.stat(follow_symlinks=False)
+            sid = entry.name[:-len(".jsonl")]
+            out.append({"session_id": sid, "path": entry.path, "size_bytes": st.st_size,
+                        "mtime": st.st_mtime, "listed": sid in listed})
+        return out
+
+    @staticmethod
+    def _listed_ids(folder):
+        try:
+            with open(os.path.join(folder, "sessions.json"), encoding="utf-8") as fh:
+                index = json.load(fh)
+        except (OSError, ValueError):
+            return set()
+        if not isinstance(index, dict):
+            return set()
+        return {v.get("sessionId") for v in index.values() if isinstance(v, dict) and v.get("sessionId")}
+
+    def active_files(self, agent, now=None):
+        now = now or time.time()
+        return [f for f in self.session_files(agent) if f["listed"] or now - f["mtime"] < ACTIVE_MINUTES * 60]
+
+    def file_status(self, agent):
+        """Status read from the newest active session file (agents not proxied here)."""
+        files = sorted(self.active_files(agent), key=lambda f: f["mtime"])
+        if not files:
+            return None
+        f = files[-1]
+        users = assistants = tools = lines = 0
+        history = []
+        try:
+            with open(f["path"], encoding="utf-8", errors="replace") as fh:
+                for line in fh:
+                    lines += 1
+                    try:
+                        item = json.loads(line)
+                    except ValueError:
+                        continue
+                    if not isinstance(item, dict) or item.get("type") != "message":
+                        continue
+                    msg = item.get("message")
+                    if isinstance(msg, str):
+                        try:
+                            msg = json.loads(msg)
+                        except ValueError:
+                            continue
+                    if not isinstance(msg, dict):
+                        continue
+                    role = msg.get("role")
+                    users += role == "user"
+                    assistants += role == "assistant"
+                    tools += role in ("toolResult", "tool") or "tool_call_id" in msg
+                    history.append(msg)
+        except OSError:
+            return None
+        chars = _json_chars(history) if history else 0
+        return {"current_session_turns": users or assistants, "current_history_chars": chars,
+                "current_history_tokens": chars // CHARS_PER_TOKEN, "tool_results": tools,
+                "file_bytes": f["size_bytes"], "total_lines": lines, "session_files": len(self.session_files(agent)),
+                "session_id": f["session_id"], "last_turn_cost": None, "avg_cost_last_5": None,
+                "cache_write_pct_last_5": None, "cost_since_last_reset": None, "turns_since_last_reset": None}
+
+    # -- resets -----------------------------------------------------------------------
+
+    def reset(self, agent, reason, detail=None, history=None, session_id=None):
+        """Archive the agent's largest active session file (or the given one) and unlist it.
+
+        -> {"agent", "action": "archived"|"none", ...}. Never deletes; never touches
+        anything outside the agent's configured sessions dir; at most once per session
+        across every process sharing the database.
+        """
+        folder = self.dirs.get(agent)
+        result = {"agent": agent, "action": "none"}
+        if not folder:
+            result["reason"] = "no sessions dir configured for %s" % agent
+            return result
+        if not os.path.isdir(folder):
+            result["reason"] = "sessions dir %s does not exist" % folder
+            return result
+        candidates = self.active_files(agent)
+        if session_id:
+            candidates = [f for f in self.session_files(agent) if f["session_id"] == session_id]
+        if not candidates:
+            result["reason"] = "no active session file in %s" % folder
+            return result
+        target = max(candidates, key=lambda f: (f["size_bytes"], f["mtime"]))
+        real_dir = os.path.realpath(folder)
+        path = target["path"]
+        if os.path.islink(path) or os.path.dirname(os.path.realpath(path)) != real_dir:
+            result["reason"] = "refusing %s: not a plain file inside %s" % (path, folder)
+            return result
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        archived = "%s.reset.%s" % (path, stamp)
+        claim = {"timestamp": tokenspy_db.iso_utc(time.time()), "agent": agent, "session_id": target["session_id"],
+                 "reason": reason, "detail": detail, "file": path, "archived_to": archived,
+                 "size_bytes": target["size_bytes"], "history_chars": history}
+        if not self.app.store.claim_reset(claim):
+            result["reason"] = "session %s was already reset" % target["session_id"]
+            result["session_id"] = target["session_id"]
+            return result
+        try:
+            os.rename(path, archived)
+        except OSError as exc:
+            self.app.store.unclaim_reset(agent, target["session_id"])
+            result["reason"] = "cannot archive %s: %s" % (path, exc.strerror or exc)
+            return result
+        unlisted = self._unlist(folder, target["session_id"])
+        log.warning("reset %s session %s (%s): archived %d bytes to %s%s", agent, target["session_id"], reason,
+                    target["size_bytes"], archived, "" if unlisted is None else ", sessions.json updated")
+        result.update(action="archived", session_id=target["session_id"], size_bytes=target["size_bytes"],
+                      file=path, archived_to=archived, reason=reason, detail=detail,
+                      sessions_json_updated=bool(unlisted))
+        return result
+
+    @staticmethod
+    def _unlist(folder, session_id):
+        """Drop the session from sessions.json (atomic rewrite). -> keys removed, or None."""
+        index_path = os.path.join(folder, "sessions.json")
+        try:
+            with open(index_path, encoding="utf-8") as fh:
+                index = json.load(fh)
+        except (OSError, ValueError):
+            return None
+        if not isinstance(index, dict):
+            return None
+        keys = [k for k, v in index.items() if isinstance(v, dict) and v.get("sessionId") == session_id]
+        if not keys:
+            return []
+        for k in keys:
+            del index[k]
+        tmp = "%s.tokenspy.%d.tmp" % (index_path, os.getpid())
+        try:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                json.dump(index, fh, indent=2)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, index_path)
+        except OSError as exc:
+            log.error("could not update %s: %s", index_path, exc)
+            return None
+        return keys
+
+    def after_log(self, rows):
+        """Recorder hook: reset an agent whose logged history went over its limit."""
+        for row in rows:
+            agent, history = row.get("agent"), row.get("conversation_history_chars")
+            if history is None or agent not in self.dirs or (row.get("status") or 0) >= 400:
+                continue
+            limit = self.limit(agent)
+            if history < limit:
+                continue
+            last = self.app.store.last_reset(agent)
+            if last and row["timestamp"] <= last["timestamp"]:
+                continue                   # the turn started before the last reset
+            with self._lock:
+                if time.time() - self._last_auto.get(agent, 0) < AUTO_RESET_COOLDOWN:
+                    continue
+                self._last_auto[agent] = time.time()
+            self.reset(agent, "auto", detail="history %d chars >= limit %d" % (history, limit), history=history)
+
+    # -- session manager --------------------------------------------------------------
+
+    def manage(self, agents=None, inactive_minutes=60, max_sessions=5, retention_days=7, dry_run=False):
+        """One pass of the session manager over each agent with a sessions dir. -> report."""
+        report = []
+        now = time.time()
+        for agent in sorted(agents or self.dirs):
+            entry = {"agent": agent, "actions": []}
+            report.append(entry)
+            if agent not in self.dirs:
+                entry["error"] = "no sessions dir configured"
+                continue
+            status = self.status(agent)
+            entry["recommendation"] = status["recommendation"]
+            entry["history_chars"] = status.get("current_history_chars")
+            if status["recommendation"] == "reset_recommended":
+                entry["actions"].append({"reset": "dry-run"} if dry_run else self.reset(
+                    agent, "session-manager", detail="status reset_recommended at %s chars (limit %s)" % (
+                        status.get("current_history_chars"), status["session_char_limit"]),
+                    history=status.get("current_history_chars")))
+            files = self.session_files(agent)
+            for f in files:
+                idle = now - f["mtime"]
+                if not f["listed"] and idle > inactive_minutes * 60:
+                    entry["actions"].append(self._archive(agent, f, "inactive", dry_run))
+            live = sorted((f for f in self.session_files(agent)), key=lambda f: f["mtime"], reverse=True)
+            for f in live[max_sessions:]:
+                if now - f["mtime"] < ACTIVE_MINUTES * 60:
+                    continue
+                entry["actions"].append(self._archive(agent, f, "count-limit", dry_run))
+            entry["actions"].extend(self._purge(agent, now - retention_days * 86400, dry_run))
+        return report
+
+    def _archive(self, agent, f, reason, dry_run):
+        if dry_run:
+            return {"archive": f["session_id"], "reason": reason, "dry_run": True}
+        return self.reset(agent, reason, detail="%s, %d bytes" % (reason, f["size_bytes"]), session_id=f["session_id"])
+
+    @staticmethod
+    def _archived_at(entry):
+        """When a file was archived: the stamp in its name, else its mtime."""
+        stamp = entry.name.rsplit(".", 1)[-1]
+        try:
+            return calendar.timegm(time.strptime(stamp, "%Y%m%dT%H%M%SZ"))
+        except ValueError:
+            return entry.stat(follow_symlinks=False).st_mtime
+
+    _ARCHIVE_RE = re.compile(r"\.jsonl\.(reset|deleted)\.[0-9TZ:.-]+$")
+
+    def _purge(self, agent, cutoff, dry_run):
+        folder = self.dirs[agent]
+        out = []
+        for entry in os.scandir(folder):
+            if not self._ARCHIVE_RE.search(entry.name) or not entry.is_file(follow_symlinks=False):
+                continue
+            if self._archived_at(entry) >= cutoff:
+                continue
+            if not dry_run:
+                try:
+                    os.remove(entry.path)
+                except OSError as exc:
+                    out.append({"purge": entry.name, "error": str(exc)})
+                    continue
+            out.append({"purge": entry.name, "dry_run": dry_run})
+        return out
+
+
+# ---------------------------------------------------------------------------
 # JSON API
 # ---------------------------------------------------------------------------
 
@@ -1156,8 +1759,9 @@ def _agent_param(query, required=False, default=None):
 
 def api_health(app, query, body):
     return {"status": "ok", "agent": app.config.agent, "uptime_seconds": int(time.time() - app.started),
+            "session_char_limit": app.settings.effective(app.config.agent, "session_char_limit"),
             "version": __version__, "db_writable": app.store.writable(),
-            "db_path": app.config.db, "pending_rows": app.recorder.queue.qsize() + len(app.recorder.pending)}
+            "pending_rows": app.recorder.queue.qsize() + len(app.recorder.pending)}
 
 
 def api_usage(app, query, body):
@@ -1175,13 +1779,79 @@ def api_summary(app, query, body):
     return rows
 
 
+def settings_view(app, settings=None):
+    """The settings object, each agent with its effective (inherited) values."""
+    settings = settings or app.settings.read()
+    agents = dict(settings["agents"])
+    for name in set(app.config.agent_session_dirs) | {app.config.agent}:
+        agents.setdefault(name, dict.fromkeys(SETTING_RULES))
+    view = dict(settings)
+    view["agents"] = {}
+    for name in sorted(agents):
+        entry = dict(agents[name])
+        for key in SETTING_RULES:
+            value = entry.get(key)
+            entry["_effective_" + key] = value if value is not None else settings[key]
+        view["agents"][name] = entry
+    return view
+
+
+def api_settings(app, query, body):
+    return settings_view(app)
+
+
+def api_settings_post(app, query, body):
+    patch = SettingsFile.validate(_json_body(body))
+    new, old = app.settings.update(patch)
+    log.info("settings updated: %s", json.dumps(patch)[:500].encode("unicode_escape").decode("ascii"))
+    view = settings_view(app, new)
+    if "poll_interval_minutes" in patch and new["poll_interval_minutes"] != old["poll_interval_minutes"]:
+        view["timer"] = update_timer(new["poll_interval_minutes"], app.config.timer_dropin, app.config.timer_unit)
+    return view
+
+
+def _json_body(body):
+    if not body:
+        raise ApiError(400, "send a JSON object with Content-Type: application/json")
+    try:
+        return json.loads(body)
+    except ValueError as exc:
+        raise ApiError(400, "invalid JSON: %s" % exc)
+
+
+def _known_agent(app, query):
+    agent = _agent_param(query, default=app.config.agent)
+    if agent not in app.sessions.known_agents():
+        raise ApiError(404, "unknown agent %r: it has no turns, settings or sessions dir" % agent)
+    return agent
+
+
+def api_session_status(app, query, body):
+    return app.sessions.status(_known_agent(app, query))
+
+
+def api_reset_session(app, query, body):
+    agent = _agent_param(query, required=True)
+    if agent not in app.config.agent_session_dirs:
+        raise ApiError(400, "session reset is not configured for agent %r: give it a sessions dir with "
+                            "--sessions-dir or AGENT_SESSION_DIRS" % agent)
+    return app.sessions.reset(agent, "manual", detail="POST /api/reset-session")
+
+
 # (method, path) -> handler(app, query, body). The one place the API is declared.
 ROUTES = {
     ("GET", "/health"): api_health,
     ("GET", "/api/usage"): api_usage,
     ("GET", "/token-usage"): api_usage,
     ("GET", "/api/summary"): api_summary,
+    ("GET", "/api/settings"): api_settings,
+    ("POST", "/api/settings"): api_settings_post,
+    ("GET", "/api/session-status"): api_session_status,
+    ("POST", "/api/reset-session"): api_reset_session,
 }
+API_MAX_BODY = 1 << 20
+# POST routes whose body must be JSON (a cross-site form cannot send that without CORS).
+JSON_BODY_ROUTES = {"/api/settings"}
 # Paths that belong to Token Spy (never relayed), even where a method is not routed.
 OWN_PREFIXES = ("/api/",)
 OWN_PATHS = {"/health", "/dashboard", "/token-usage", "/token_events", "/metrics", "/api"}
@@ -1236,7 +1906,7 @@ class Handler(BaseHTTPRequestHandler):
     # -- own endpoints ---------------------------------------------------------------
 
     def serve_api(self, path, query):
-        body = self.read_body()
+        body = self.read_body(limit=API_MAX_BODY)
         if body is None:
             return
         handler = ROUTES.get((self.command, path)) or ROUTES.get(("GET", path) if self.command == "HEAD" else None)
@@ -1245,9 +1915,15 @@ class Handler(BaseHTTPRequestHandler):
                 allowed = sorted(m for (m, p) in ROUTES if p == path)
                 if allowed:
                     raise ApiError(405, "%s %s is not supported; use %s" % (self.command, path, ", ".join(allowed)))
-                if path == "/dashboard":
+                if path == "/dashboard" and self.command in ("GET", "HEAD"):
                     return self.send_file(os.path.join(HERE, "dashboard.html"), "text/html; charset=utf-8")
                 raise ApiError(404, "no such endpoint: %s" % path)
+            if self.command != "GET" and self.command != "HEAD":
+                self.check_origin()
+                ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+                if path in JSON_BODY_ROUTES and ctype != "application/json":
+                    raise ApiError(400, "send the body as JSON with Content-Type: application/json (got %r)"
+                                   % (ctype or "none"))
             result = handler(self.app, parse_qs(query, keep_blank_values=True), body)
             self.send_json(200, result)
         except ApiError as exc:
@@ -1255,6 +1931,20 @@ class Handler(BaseHTTPRequestHandler):
         except Exception:
             log.exception("API %s %s failed", self.command, path)
             self.send_json(500, {"error": "internal error; see Token Spy's log", "status": 500})
+
+    def check_origin(self):
+        """Refuse state-changing calls from other web sites (CSRF): a browser always sends
+        Origin on a cross-site POST; curl and scripts send none."""
+        origin = self.headers.get("Origin")
+        fetch_site = (self.headers.get("Sec-Fetch-Site") or "").lower()
+        if fetch_site == "cross-site":
+            raise ApiError(403, "cross-site requests may not change Token Spy's state")
+        if origin and origin != "null":
+            host = urlsplit(origin).netloc
+            if host.lower() != (self.headers.get("Host") or "").lower():
+                raise ApiError(403, "origin %s may not change Token Spy's state" % origin)
+        elif origin == "null":
+            raise ApiError(403, "requests from an opaque origin may not change Token Spy's state")
 
     def send_json(self, status, obj):
         data = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=str).encode("utf-8")
@@ -1283,9 +1973,9 @@ class Handler(BaseHTTPRequestHandler):
 
     # -- request body ------------------------------------------------------------------
 
-    def read_body(self):
+    def read_body(self, limit=None):
         """The request body (Content-Length or chunked) or None after answering an error."""
-        limit = int(self.app.config.max_body_mb * 1024 * 1024)
+        limit = limit or int(self.app.config.max_body_mb * 1024 * 1024)
         if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
             parts, size = [], 0
             while True:
@@ -1303,7 +1993,7 @@ class Handler(BaseHTTPRequestHandler):
                 size += n
                 if size > limit:
                     self.close_connection = True
-                    self.send_json(413, {"error": "request body over %d MB (--max-body-mb)" % self.app.config.max_body_mb, "status": 413})
+                    self.send_json(413, {"error": "request body over %d bytes" % limit, "status": 413})
                     return None
                 parts.append(self.rfile.read(n))
                 self.rfile.readline(3)
@@ -1320,7 +2010,7 @@ class Handler(BaseHTTPRequestHandler):
             return None
         if n > limit:
             self.close_connection = True
-            self.send_json(413, {"error": "request body over %g MB (--max-body-mb)" % self.app.config.max_body_mb, "status": 413})
+            self.send_json(413, {"error": "request body over %d bytes" % limit, "status": 413})
             return None
         data = self.rfile.read(n)
         if len(data) < n:
@@ -1433,16 +2123,17 @@ class Handler(BaseHTTPRequestHandler):
         return True
 
     def refuse_upgrade(self, upgrade):
-        """WebSocket and other upgrades are refused at once, so clients fall back to HTTPS.
+        """WebSocket (and any other) upgrades are refused at once with 426 Upgrade Required.
 
-        Codex tries the Responses API over a WebSocket first and falls back to a normal
-        POST /v1/responses, which Token Spy meters. Tunnelling it would hide the turn.
+        Codex tries the Responses API over a WebSocket first; on a 426 it falls back to a
+        plain POST /v1/responses at once (any other answer costs it ~6 s of retries),
+        and that POST is what Token Spy meters. Tunnelling the socket would hide the turn.
         """
         self.read_body()
         self.close_connection = True
-        self.send_json(426 if upgrade != "websocket" else 404, {
-            "error": {"message": "Token Spy does not relay %s upgrades; use plain HTTP(S) requests" % upgrade,
-                      "type": "invalid_request_error", "code": "upgrade_not_supported"}})
+        self.send_json(426, {"error": {
+            "message": "Token Spy does not relay %s upgrades; send the request over plain HTTP(S)" % upgrade,
+            "type": "invalid_request_error", "code": "upgrade_not_supported"}})
 
 
 class Server(ThreadingHTTPServer):
@@ -1462,34 +2153,36 @@ class Server(ThreadingHTTPServer):
 
 
 class TokenSpy:
-    """The whole program: store, prices, recorder, upstream pools and the HTTP server."""
+    """The whole program: store, settings, prices, recorder, sessions, upstreams, server."""
 
-    def __init__(self, config):
+    def __init__(self, config, listen=True):
         self.config = config
         self.started = time.time()
         try:
             self.store = tokenspy_db.Store(config.db)
-        except (OSError, Exception) as exc:
-            if isinstance(exc, ConfigError):
-                raise
+        except Exception as exc:
             raise ConfigError("--db %s: cannot open the database (%s); pick a writable path with --db or DB_PATH"
                               % (config.db, exc))
+        self.settings = SettingsFile(config.settings)
         self.prices = Prices(override=config.prices)
+        self.sessions = Sessions(self)
         local = {"agents": config.local_model_agents, "upstream": config.local_upstream}
-        self.recorder = Recorder(self.store, self.prices, local)
+        self.recorder = Recorder(self.store, self.prices, local, hooks=[self.sessions.after_log])
         self.upstreams = {}
         for provider in ("anthropic", "openai"):
             url = getattr(config, provider + "_upstream")
             shared = [u for u in self.upstreams.values() if u.url == url.rstrip("/")]
             self.upstreams[provider] = shared[0] if shared else Upstream(url, config.connect_timeout, config.timeout)
-        try:
-            self.server = Server((config.host, config.port), self)
-        except OSError as exc:
-            raise ConfigError("cannot listen on %s:%d (%s); pick another --port or --host"
-                              % (config.host, config.port, exc.strerror or exc))
-        self.port = self.server.server_address[1]
-        self.url = "http://%s:%d" % (config.host if ":" not in config.host else "[%s]" % config.host, self.port)
-        self._thread = None
+        self.server = self._thread = None
+        if listen:
+            try:
+                self.server = Server((config.host, config.port), self)
+            except OSError as exc:
+                raise ConfigError("cannot listen on %s:%d (%s); pick another --port or --host"
+                                  % (config.host, config.port, exc.strerror or exc))
+            self.port = self.server.server_address[1]
+            host = config.host if ":" not in config.host else "[%s]" % config.host
+            self.url = "http://%s:%d" % (host, self.port)
 
     def start(self):
         """Serve in background threads (for tests and embedding); returns self."""
@@ -1509,11 +2202,14 @@ class TokenSpy:
             self.close()
 
     def close(self):
-        self.server.shutdown() if self._thread else None
-        self.server.server_close()
-        self.recorder.flush(timeout=10)
-        self.recorder.stop()
-        self.recorder.join(timeout=10)
+        if self.server is not None:
+            if self._thread:
+                self.server.shutdown()
+            self.server.server_close()
+        if self.recorder.is_alive():
+            self.recorder.flush(timeout=10)
+            self.recorder.stop()
+            self.recorder.join(timeout=10)
         for upstream in set(self.upstreams.values()):
             upstream.close()
         self.store.close()
@@ -1523,14 +2219,46 @@ class TokenSpy:
 # Command line
 # ---------------------------------------------------------------------------
 
-def main(argv=None):
-    try:
-        config = load_config(argv)
-    except ConfigError as exc:
-        print("tokenspy: error: %s" % exc, file=sys.stderr)
+def manage_main(argv):
+    """tokenspy.py manage: one session-manager pass (what session-manager.sh runs)."""
+    parser = argparse.ArgumentParser(prog="tokenspy.py manage", add_help=False)
+    parser.add_argument("--dry-run", action="store_true", help="say what would be done, change nothing")
+    parser.add_argument("--only-agent", action="append", help="limit the pass to this agent (repeatable)")
+    parser.add_argument("--inactive-minutes", type=int, default=60,
+                        help="archive sessions not in sessions.json and idle this long (default 60)")
+    parser.add_argument("--max-sessions", type=int, default=5, help="session files kept per agent (default 5)")
+    parser.add_argument("--retention-days", type=float, default=7,
+                        help="delete archived session files older than this (default 7)")
+    own, rest = parser.parse_known_args(argv)
+    if "-h" in rest or "--help" in rest:
+        parser.print_help()
+        print("\nAll of tokenspy.py's flags (--db, --settings, --agent-session-dirs, ...) apply too.")
+        return 0
+    if own.max_sessions < 1 or own.inactive_minutes < 1 or own.retention_days <= 0:
+        print("tokenspy manage: error: --max-sessions, --inactive-minutes and --retention-days must be positive",
+              file=sys.stderr)
         return 2
+    config = load_config(rest)
     logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = TokenSpy(config, listen=False)
     try:
+        if not config.agent_session_dirs:
+            log.info("no agent has a sessions dir (--sessions-dir / AGENT_SESSION_DIRS): nothing to manage")
+        report = app.sessions.manage(own.only_agent, own.inactive_minutes, own.max_sessions,
+                                     own.retention_days, own.dry_run)
+    finally:
+        app.close()
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        if argv[:1] == ["manage"]:
+            return manage_main(argv[1:])
+        config = load_config(argv)
+        logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         app = TokenSpy(config)
     except ConfigError as exc:
         print("tokenspy: error: %s" % exc, file=sys.stderr)

@@ -106,6 +106,23 @@ MIGRATIONS = (
         "CREATE INDEX idx_usage_timestamp ON usage(timestamp)",
         "CREATE INDEX idx_usage_agent_timestamp ON usage(agent, timestamp)",
     )),
+    ("session resets", (
+        """CREATE TABLE resets (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  timestamp TEXT NOT NULL,        -- when the session file was archived (UTC)
+  agent TEXT NOT NULL,
+  session_id TEXT NOT NULL,
+  reason TEXT NOT NULL,           -- auto | manual | session-manager | inactive | count-limit
+  detail TEXT,                    -- why, in words (history chars vs limit, ...)
+  file TEXT,                      -- the session file that was archived
+  archived_to TEXT,               -- where it went
+  size_bytes INTEGER,
+  history_chars INTEGER,          -- the history that triggered it, when known
+  pid INTEGER,                    -- the Token Spy process that did it
+  UNIQUE (agent, session_id)      -- one reset per session, whichever process gets there first
+)""",
+        "CREATE INDEX idx_resets_agent_timestamp ON resets(agent, timestamp)",
+    )),
 )
 
 
@@ -212,6 +229,28 @@ class Store:
                 delay = min(delay * 2, 1.0)
         return []
 
+    def claim_reset(self, row):
+        """Record a reset before doing it. False if any process already reset this session."""
+        conn = _connect(self.path)
+        try:
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO resets (timestamp, agent, session_id, reason, detail, file, "
+                "archived_to, size_bytes, history_chars, pid) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (row["timestamp"], row["agent"], row["session_id"], row["reason"], row.get("detail"),
+                 row.get("file"), row.get("archived_to"), row.get("size_bytes"),
+                 row.get("history_chars"), os.getpid()))
+            return cur.rowcount == 1
+        finally:
+            conn.close()
+
+    def unclaim_reset(self, agent, session_id):
+        """Forget a claimed reset whose file operation failed, so it can be tried again."""
+        conn = _connect(self.path)
+        try:
+            conn.execute("DELETE FROM resets WHERE agent = ? AND session_id = ?", (agent, session_id))
+        finally:
+            conn.close()
+
     def writable(self):
         """True when this process can write the file right now."""
         return os.access(self.path, os.W_OK) and os.access(os.path.dirname(os.path.abspath(self.path)), os.W_OK)
@@ -261,6 +300,35 @@ class Store:
                     except ValueError:
                         pass
         return rows
+
+    def agent_turns(self, agent, since_ts, limit=2000):
+        """An agent's turns since a time, oldest first (the columns session logic needs)."""
+        rows = self.query(
+            "SELECT id, timestamp, status, error, conversation_history_chars, message_count, "
+            "estimated_cost_usd, cache_read_tokens, cache_write_tokens, client_session_id, model "
+            "FROM usage WHERE agent = ? AND timestamp >= ? ORDER BY timestamp DESC, id DESC LIMIT ?",
+            (agent, iso_utc(since_ts), int(limit)))
+        rows.reverse()
+        return rows
+
+    def last_reset(self, agent):
+        rows = self.query("SELECT * FROM resets WHERE agent = ? ORDER BY timestamp DESC, id DESC LIMIT 1", (agent,))
+        return rows[0] if rows else None
+
+    def resets(self, agent=None, since_ts=0, limit=1000):
+        sql, params = "SELECT * FROM resets WHERE timestamp >= ?", [iso_utc(since_ts)]
+        if agent:
+            sql += " AND agent = ?"
+            params.append(agent)
+        return self.query(sql + " ORDER BY timestamp DESC, id DESC LIMIT ?", params + [int(limit)])
+
+    def agents(self):
+        """Every agent name that has ever logged a turn."""
+        # A skip-scan over idx_usage_agent_timestamp: one index seek per agent, not per row.
+        return [r["agent"] for r in self.query(
+            "WITH RECURSIVE a(agent) AS (SELECT MIN(agent) FROM usage UNION ALL "
+            "SELECT (SELECT MIN(agent) FROM usage WHERE agent > a.agent) FROM a WHERE a.agent IS NOT NULL) "
+            "SELECT agent FROM a WHERE agent IS NOT NULL")]
 
     def summary(self, hours=24):
         """Aggregates per agent over the last `hours` (earlier implementation's fields)."""
