@@ -483,10 +483,13 @@ PARSERS = {
 }
 
 
+_SSE_LINES = re.compile(r"\r\n|\r|\n")
+
+
 def iter_sse(text):
     """(event name, data) for each SSE event, per the WHATWG rules the SDKs follow."""
     name, data = None, []
-    for line in text.splitlines():
+    for line in _SSE_LINES.split(text):        # not str.splitlines: JSON may hold U+2028
         if not line:
             if data:
                 yield name, "\n".join(data)
@@ -561,6 +564,7 @@ WORKSPACE_FILES = {
 }
 SYSTEM_COLUMNS = tuple(WORKSPACE_FILES.values()) + (
     "workspace_other_chars", "skill_injection_chars", "base_prompt_chars")
+_FILE_COLUMNS = frozenset(WORKSPACE_FILES.values()) | {"workspace_other_chars"}
 _PROJECT_CONTEXT = re.compile(r"^# Project Context\b", re.M)
 _SECTION = re.compile(r"^(#{1,2}) (.*?)\s*$", re.M)
 _END_MARKERS = ("Silent Replies", "Heartbeats", "Runtime")
@@ -570,9 +574,9 @@ def system_breakdown(text):
     """Split an OpenClaw system prompt into workspace files, skills and the base prompt.
 
     A workspace file runs from the line after its "## NAME.md" heading to the next
-    marker: another "## *.md" heading, "## Skills (mandatory)", one of the end markers
-    (Silent Replies, Heartbeats, Runtime) or a "# " heading. Plain "## " subheadings
-    inside a file stay part of it. Unknown *.md files count as workspace_other_chars.
+    marker: another "## *.md" heading, "## Skills (mandatory)" or one of the end markers
+    (Silent Replies, Heartbeats, Runtime). A file's own "# " and "## " headings stay
+    part of it. Unknown *.md files count as workspace_other_chars.
     Skills run from their heading (included) to the next "## " heading.
     """
     out = dict.fromkeys(SYSTEM_COLUMNS, 0)
@@ -582,6 +586,8 @@ def system_breakdown(text):
     for m in _SECTION.finditer(text):
         level, title = m.group(1), m.group(2)
         if level == "#":
+            if spans and spans[-1][0] in _FILE_COLUMNS:
+                continue          # a file's own "# Title" (OpenClaw's AGENTS.md starts with one)
             spans.append((None, m.start(), m.end()))
             continue
         if title.startswith("Skills (mandatory)"):
@@ -742,8 +748,10 @@ class Prices:
             raise ConfigError("--prices %s: cannot read it (%s)" % (path, exc))
         if not isinstance(data, dict):
             raise ConfigError("--prices %s: expected a JSON object" % path)
-        if isinstance(data.get("models"), dict):
+        if "models" in data:
             models = data["models"]
+            if not isinstance(models, dict):
+                raise ConfigError("--prices %s: \"models\" must be an object of model name -> rates" % path)
         else:  # LiteLLM's model_prices_and_context_window.json
             models = {}
             for name, entry in data.items():
@@ -751,6 +759,9 @@ class Prices:
                     converted = _from_litellm(entry)
                     if converted:
                         models[name] = converted
+        if not models:
+            raise ConfigError("--prices %s: no model prices in it (expected Token Spy's {\"models\": {...}} "
+                              "or LiteLLM's model_prices_and_context_window.json)" % path)
         for name, entry in models.items():
             if not isinstance(entry, dict) or not all(
                     isinstance(entry.get(k), (int, float)) for k in ("input", "output")):
