@@ -954,7 +954,11 @@ class Recorder(threading.Thread):
 
     def run(self):
         while True:
-            item = self.queue.get()
+            try:
+                item = self.queue.get(timeout=0.5 if self.pending else None)
+            except queue.Empty:
+                self._write()                 # retry rows kept after a failed write
+                continue
             batch = [item]
             while len(batch) < self.BATCH:
                 try:
@@ -1075,6 +1079,8 @@ class Upstream:
 
     def release(self, conn, resp):
         """Back to the pool when the response was read to the end and may be reused."""
+        if resp is not None and resp.length == 0 and not resp.isclosed():
+            resp.close()      # all Content-Length bytes read (Python < 3.13 does not close it itself)
         if resp is not None and resp.isclosed() and not resp.will_close and conn.sock is not None:
             with self._lock:
                 if len(self._idle) < self.MAX_IDLE:
@@ -2099,6 +2105,8 @@ class Handler(BaseHTTPRequestHandler):
                     while True:
                         data = read1(65536)
                         if not data:
+                            if resp.length:          # the upstream closed before its Content-Length
+                                raise http.client.IncompleteRead(b"", resp.length)
                             break
                         write(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
                         if flow:
