@@ -1363,6 +1363,9 @@ ACTIVE_MINUTES = 15              # a session file written this recently counts a
 SIDE_CALL_LOOKAHEAD = 3          # turns within which a long conversation must resume
 TOOL_LOOP_RESULTS = 480          # file-based status: this many tool results is a loop
 AUTO_RESET_COOLDOWN = 60.0       # seconds between two automatic resets of one agent
+# Resets that end the agent's current session. The manager's 'inactive' and 'count-limit'
+# archives tidy up other, idle sessions and leave the current one alone.
+SESSION_ENDING_RESETS = ("auto", "manual", "session-manager")
 
 
 def recommendation(history, limit):
@@ -1443,7 +1446,7 @@ class Sessions:
     def status(self, agent):
         store = self.app.store
         limit = self.limit(agent)
-        last = store.last_reset(agent)
+        last = store.last_reset(agent, SESSION_ENDING_RESETS)
         rows = store.agent_turns(agent, time.time() - STATUS_WINDOW_DAYS * 86400)
         out = {"agent": agent, "session_char_limit": limit,
                "session_char_limit_tokens": limit // CHARS_PER_TOKEN,
@@ -1661,7 +1664,7 @@ class Sessions:
             limit = self.limit(agent)
             if history < limit:
                 continue
-            last = self.app.store.last_reset(agent)
+            last = self.app.store.last_reset(agent, SESSION_ENDING_RESETS)
             if last and row["timestamp"] <= last["timestamp"]:
                 continue                   # the turn started before the last reset
             with self._lock:
@@ -1690,12 +1693,13 @@ class Sessions:
                     agent, "session-manager", detail="status reset_recommended at %s chars (limit %s)" % (
                         status.get("current_history_chars"), status["session_char_limit"]),
                     history=status.get("current_history_chars")))
-            files = self.session_files(agent)
-            for f in files:
-                idle = now - f["mtime"]
-                if not f["listed"] and idle > inactive_minutes * 60:
+            gone = set()
+            for f in self.session_files(agent):
+                if not f["listed"] and now - f["mtime"] > inactive_minutes * 60:
                     entry["actions"].append(self._archive(agent, f, "inactive", dry_run))
-            live = sorted((f for f in self.session_files(agent)), key=lambda f: f["mtime"], reverse=True)
+                    gone.add(f["session_id"])
+            live = sorted((f for f in self.session_files(agent) if f["session_id"] not in gone),
+                          key=lambda f: f["mtime"], reverse=True)
             for f in live[max_sessions:]:
                 if now - f["mtime"] < ACTIVE_MINUTES * 60:
                     continue

@@ -311,8 +311,13 @@ class Store:
         rows.reverse()
         return rows
 
-    def last_reset(self, agent):
-        rows = self.query("SELECT * FROM resets WHERE agent = ? ORDER BY timestamp DESC, id DESC LIMIT 1", (agent,))
+    def last_reset(self, agent, reasons=None):
+        """The agent's newest reset, optionally only those with one of `reasons`."""
+        sql, params = "SELECT * FROM resets WHERE agent = ?", [agent]
+        if reasons:
+            sql += " AND reason IN (%s)" % ",".join("?" * len(reasons))
+            params.extend(reasons)
+        rows = self.query(sql + " ORDER BY timestamp DESC, id DESC LIMIT 1", params)
         return rows[0] if rows else None
 
     def resets(self, agent=None, since_ts=0, limit=1000):
