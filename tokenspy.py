@@ -622,6 +622,14 @@ def _json_chars(value):
     return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
 
 
+def _tool_name(tool):
+    """A tool definition's name in any of the three APIs (built-ins go by their type)."""
+    if not isinstance(tool, dict):
+        return "?"
+    name = tool.get("name") or _get(tool, "function", "name") or tool.get("type")
+    return name if isinstance(name, str) else "?"
+
+
 def analyze_request(api, body):
     """Prompt metrics of a request body -> dict of usage columns (what could be read)."""
     out = {"request_body_bytes": len(body)}
@@ -671,6 +679,8 @@ def analyze_request(api, body):
     functions = req.get("functions") if isinstance(req.get("functions"), list) else []
     out["tool_count"] = len(tools) + len(functions)
     out["tool_defs_chars"] = _json_chars(tools + functions) if tools or functions else 0
+    if tools or functions:
+        out["tool_defs"] = [(_tool_name(t), _json_chars(t)) for t in tools + functions]
     return out
 
 
@@ -783,6 +793,17 @@ class Prices:
     @staticmethod
     def cost(entry, tokens, when):
         """USD for one turn. None when nothing is known about its usage."""
+        parts = Prices.cost_parts(entry, tokens, when)
+        return parts["total"] if parts else None
+
+    @staticmethod
+    def cost_parts(entry, tokens, when):
+        """USD for one turn, and its parts -> dict or None when nothing is known.
+
+        {"total", "input", "output", "cache_read", "cache_write", "savings"}: savings is
+        what caching saved against paying the input rate for the whole prompt (reads
+        cheaper, writes dearer), so it can be negative.
+        """
         known = [tokens.get(k) for k in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")]
         if all(v is None for v in known):
             return None
@@ -800,10 +821,14 @@ class Prices:
         r_read = rates.get("cache_read", r_in)
         r_write = rates.get("cache_write", r_in)
         r_long = rates.get("cache_write_long", r_write)
-        long_tokens = tokens.get("cache_write_1h_tokens") or 0
-        short_tokens = max(0, write - long_tokens)
-        usd = inp * r_in + out * rates["output"] + read * r_read + short_tokens * r_write + long_tokens * r_long
-        return round(usd / 1e6, 8)
+        long_tokens = min(write, tokens.get("cache_write_1h_tokens") or 0)
+        short_tokens = write - long_tokens
+        parts = {"input": inp * r_in, "output": out * rates["output"], "cache_read": read * r_read,
+                 "cache_write": short_tokens * r_write + long_tokens * r_long}
+        parts["savings"] = (inp + read + write) * r_in - parts["input"] - parts["cache_read"] - parts["cache_write"]
+        out = {k: round(v / 1e6, 8) for k, v in parts.items()}
+        out["total"] = round(sum(parts[k] for k in ("input", "output", "cache_read", "cache_write")) / 1e6, 8)
+        return out
 
 
 # ---------------------------------------------------------------------------
@@ -866,7 +891,8 @@ def build_row(flow, prices, local):
         "method": flow.method, "path": flow.path, "status": flow.status, "error": flow.error,
         "duration_ms": int(((flow.t_end or time.perf_counter()) - flow.t0) * 1000),
         "ttfb_ms": int((flow.ttfb - flow.t0) * 1000) if flow.ttfb else None,
-        "response_body_bytes": flow.response_bytes, "usage_source": "missing",
+        "response_body_bytes": flow.response_bytes, "usage_source": "missing", "estimated_cost_usd": None,
+        "ts": int(flow.started * 1000),
         "request_id": _header(flow.response_headers, "request-id") or _header(flow.response_headers, "x-request-id"),
     }
     for name in SESSION_HEADERS:
@@ -901,12 +927,18 @@ def build_row(flow, prices, local):
             row["output_tokens"] = 0
     if flow.agent in local.get("agents", ()) or local.get("upstream"):
         row["price_entry"] = "local"
-        row["estimated_cost_usd"] = 0.0 if row["usage_source"] != "missing" else None
+        if row["usage_source"] != "missing":
+            row.update(estimated_cost_usd=0.0, cost_input_usd=0.0, cost_output_usd=0.0,
+                       cost_cache_read_usd=0.0, cost_cache_write_usd=0.0, cache_savings_usd=0.0)
     else:
         key, entry = prices.lookup(row["model"])
         row["price_entry"] = key
-        if entry is not None:
-            row["estimated_cost_usd"] = prices.cost(entry, row, flow.started)
+        cost = prices.cost_parts(entry, row, flow.started) if entry is not None else None
+        if cost is not None:
+            row["estimated_cost_usd"] = cost["total"]
+            for part in ("input", "output", "cache_read", "cache_write"):
+                row["cost_%s_usd" % part] = cost[part]
+            row["cache_savings_usd"] = cost["savings"]
     row["price_version"] = prices.version
     return row
 

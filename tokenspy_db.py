@@ -12,6 +12,7 @@ so string comparison is time comparison (the earlier implementation compared aga
 SQLite's ``datetime()`` format and so returned whole days for "last hour").
 """
 
+import hashlib
 import json
 import os
 import queue
@@ -80,6 +81,14 @@ USAGE_COLUMNS = (
     "tool_count",                # tool definitions sent in the request
     "tool_defs_chars",           # their compact-JSON size
     "tools_called",              # JSON list of tool names the response called
+    # schema 3
+    "ts",                        # epoch milliseconds of `timestamp`
+    "cost_input_usd",            # the parts of estimated_cost_usd ...
+    "cost_output_usd",
+    "cost_cache_read_usd",
+    "cost_cache_write_usd",
+    "cache_savings_usd",         # ... and what caching saved (negative when writes cost more)
+    "toolset_id",                # the set of tool definitions sent (toolsets table)
 )
 
 _USAGE_TYPES = {c: "INTEGER" for c in USAGE_COLUMNS}
@@ -88,13 +97,15 @@ _USAGE_TYPES.update({c: "TEXT" for c in (
     "requested_model", "response_model", "error", "usage_source", "usage_raw",
     "price_entry", "price_version", "stop_reason", "request_id", "client_session_id",
     "tools_called")})
-_USAGE_TYPES["estimated_cost_usd"] = "REAL"
+for _c in ("estimated_cost_usd", "cost_input_usd", "cost_output_usd", "cost_cache_read_usd",
+           "cost_cache_write_usd", "cache_savings_usd"):
+    _USAGE_TYPES[_c] = "REAL"
 _USAGE_TYPES["timestamp"] = "TEXT NOT NULL"
 _USAGE_TYPES["agent"] = "TEXT NOT NULL"
 
 
 def _create_usage():
-    cols = ",\n  ".join("%s %s" % (c, _USAGE_TYPES[c]) for c in USAGE_COLUMNS)
+    cols = ",\n  ".join("%s %s" % (c, _USAGE_TYPES[c]) for c in USAGE_COLUMNS[:USAGE_COLUMNS.index("ts")])
     return "CREATE TABLE usage (\n  id INTEGER PRIMARY KEY AUTOINCREMENT,\n  %s\n)" % cols
 
 
@@ -122,6 +133,30 @@ MIGRATIONS = (
   UNIQUE (agent, session_id)      -- one reset per session, whichever process gets there first
 )""",
         "CREATE INDEX idx_resets_agent_timestamp ON resets(agent, timestamp)",
+    )),
+    ("cost parts, epoch time, tool sets, budget alerts", (
+        "ALTER TABLE usage ADD COLUMN ts INTEGER",                 # epoch ms of timestamp, for bucketing
+        "UPDATE usage SET ts = CAST(ROUND((julianday(timestamp) - 2440587.5) * 86400000) AS INTEGER)",
+        "ALTER TABLE usage ADD COLUMN cost_input_usd REAL",
+        "ALTER TABLE usage ADD COLUMN cost_output_usd REAL",
+        "ALTER TABLE usage ADD COLUMN cost_cache_read_usd REAL",
+        "ALTER TABLE usage ADD COLUMN cost_cache_write_usd REAL",
+        "ALTER TABLE usage ADD COLUMN cache_savings_usd REAL",   # vs. the input rate for the whole prompt
+        "ALTER TABLE usage ADD COLUMN toolset_id INTEGER",        # -> toolsets.id
+        """CREATE TABLE toolsets (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  hash TEXT NOT NULL UNIQUE,      -- sha1 of tools
+  tools TEXT NOT NULL             -- JSON [[name, definition chars], ...] as sent, in order
+)""",
+        """CREATE TABLE alerts (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  timestamp TEXT NOT NULL,
+  key TEXT NOT NULL UNIQUE,       -- scope/agent/period/window start: one alert per crossing
+  payload TEXT NOT NULL,          -- the JSON sent to the webhook
+  delivered INTEGER,              -- 1 sent, 0 failed, NULL no webhook configured
+  detail TEXT
+)""",
+        "CREATE INDEX idx_usage_model_timestamp ON usage(model, timestamp)",
     )),
 )
 
@@ -189,6 +224,7 @@ class Store:
         finally:
             conn.close()
         self._writer = None
+        self._toolsets = {}
         self._readers = queue.LifoQueue()
         self._insert_sql = "INSERT INTO usage (%s) VALUES (%s)" % (
             ", ".join(USAGE_COLUMNS), ", ".join("?" * len(USAGE_COLUMNS)))
@@ -204,7 +240,9 @@ class Store:
         if self._writer is None:
             self._writer = _connect(self.path)
             self._writer.execute("PRAGMA synchronous = NORMAL")
-        values = [tuple(row.get(c) for c in USAGE_COLUMNS) for row in rows]
+        for row in rows:
+            if row.get("ts") is None and row.get("timestamp"):
+                row["ts"] = int(round(parse_iso(row["timestamp"]) * 1000))
         delay = 0.05
         for attempt in range(attempts):
             try:
@@ -212,12 +250,15 @@ class Store:
                 cur.execute("BEGIN IMMEDIATE")
                 ids = []
                 try:
-                    for v in values:
-                        cur.execute(self._insert_sql, v)
+                    for row in rows:
+                        if row.get("tool_defs"):
+                            row["toolset_id"] = self._toolset(cur, row["tool_defs"])
+                        cur.execute(self._insert_sql, tuple(row.get(c) for c in USAGE_COLUMNS))
                         ids.append(cur.lastrowid)
                     cur.execute("COMMIT")
                 except BaseException:
                     cur.execute("ROLLBACK")
+                    self._toolsets.clear()       # ids inserted in this transaction are gone
                     raise
                 return ids
             except sqlite3.OperationalError as exc:
@@ -228,6 +269,20 @@ class Store:
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
         return []
+
+    def _toolset(self, cur, tools):
+        """Id of a set of tool definitions [(name, chars), ...], stored once per distinct set."""
+        text = json.dumps([list(t) for t in tools], separators=(",", ":"))
+        digest = hashlib.sha1(text.encode("utf-8")).hexdigest()
+        cached = self._toolsets.get(digest)
+        if cached is not None:
+            return cached
+        cur.execute("INSERT OR IGNORE INTO toolsets (hash, tools) VALUES (?, ?)", (digest, text))
+        tid = cur.execute("SELECT id FROM toolsets WHERE hash = ?", (digest,)).fetchone()[0]
+        if len(self._toolsets) > 10000:
+            self._toolsets.clear()
+        self._toolsets[digest] = tid
+        return tid
 
     def claim_reset(self, row):
         """Record a reset before doing it. False if any process already reset this session."""
