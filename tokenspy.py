@@ -281,6 +281,14 @@ def _error_text(obj):
 class AnthropicMessages:
     """Anthropic Messages. Usage is exclusive: input_tokens leaves out cache reads/writes."""
 
+    # Events that carry usage, the stop reason, tool names or errors. The bulk of a stream
+    # (content_block_delta, ping) is never parsed.
+    EVENTS = frozenset(("message_start", "message_delta", "content_block_start", "error", None))
+
+    @staticmethod
+    def wants(name, data):
+        return name in AnthropicMessages.EVENTS
+
     @staticmethod
     def event(r, name, obj):
         kind = obj.get("type") or name
@@ -384,6 +392,13 @@ class OpenAIChat:
     """Chat Completions (and legacy completions / embeddings). Usage is inclusive."""
 
     @staticmethod
+    def wants(name, data):
+        """Skip plain content deltas: no usage object, no finish reason, no tool call, no error."""
+        if '"usage":{' in data or '"usage": {' in data or '"tool_calls"' in data or '"error"' in data:
+            return True
+        return '"finish_reason":null' not in data and '"finish_reason": null' not in data
+
+    @staticmethod
     def event(r, name, obj):
         if obj.get("error"):
             r.error = _error_text(obj)
@@ -433,6 +448,12 @@ class OpenAIResponses:
     """Responses API. Usage only in the terminal event's response object; inclusive."""
 
     TERMINAL = ("response.completed", "response.incomplete", "response.failed")
+    EVENTS = frozenset(TERMINAL + ("response.created", "response.in_progress", "response.output_item.done",
+                                   "error", None))
+
+    @staticmethod
+    def wants(name, data):
+        return name in OpenAIResponses.EVENTS
 
     @staticmethod
     def event(r, name, obj):
@@ -513,8 +534,9 @@ def read_response(api, body, is_sse):
     parser = PARSERS[api]
     r = Reading()
     if is_sse:
+        wanted = parser.wants
         for name, data in iter_sse(body.decode("utf-8", "replace")):
-            if data.startswith("[DONE]") or not data.startswith("{"):
+            if data.startswith("[DONE]") or not data.startswith("{") or not wanted(name, data):
                 continue
             try:
                 obj = json.loads(data)
@@ -883,7 +905,7 @@ def _header(pairs, name):
     return None
 
 
-def build_row(flow, prices, local):
+def build_row(flow, prices, local, analyzer=None):
     """Everything the Recorder logs for a flow -> dict of tokenspy_db.USAGE_COLUMNS."""
     row = {
         "timestamp": tokenspy_db.iso_utc(flow.started), "agent": flow.agent,
@@ -899,7 +921,7 @@ def build_row(flow, prices, local):
         if flow.request_headers.get(name):
             row["client_session_id"] = flow.request_headers.get(name)[:200]
             break
-    row.update(analyze_request(flow.api, flow.request_body))
+    row.update((analyzer or analyze_request)(flow.api, flow.request_body))
     reading = Reading()
     if flow.chunks:
         ctype = (_header(flow.response_headers, "content-type") or "").lower()
@@ -943,6 +965,72 @@ def build_row(flow, prices, local):
     return row
 
 
+class Analyzer:
+    """analyze_request for the Recorder, in a helper process when the body is large.
+
+    json.loads and json.dumps of a multi-megabyte request hold the interpreter lock for
+    milliseconds, and every relay thread would wait that long for its next byte. Bodies
+    over INLINE_MAX go to `tokenspy.py _analyze`, a child process, through a pipe
+    (writing and reading a pipe releases the lock). If the child fails, the work is done
+    here instead and the child is started again on the next large body.
+    """
+
+    INLINE_MAX = 128 * 1024
+
+    def __init__(self):
+        self.proc = None
+
+    def __call__(self, api, body):
+        if len(body) <= self.INLINE_MAX:
+            return analyze_request(api, body)
+        try:
+            proc = self._child()
+            proc.stdin.write(b"%s %d\n" % (api.encode(), len(body)))
+            proc.stdin.write(body)
+            proc.stdin.flush()
+            line = proc.stdout.readline()
+            if not line:
+                raise EOFError("the analyzer process exited")
+            return json.loads(line)
+        except Exception as exc:
+            log.warning("request analyzer process failed (%s); analyzing in-process", exc)
+            self.close()
+            return analyze_request(api, body)
+
+    def _child(self):
+        if self.proc is None or self.proc.poll() is not None:
+            import subprocess
+            self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "_analyze"],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=1 << 16)
+        return self.proc
+
+    def close(self):
+        if self.proc is not None:
+            try:
+                self.proc.stdin.close()
+                self.proc.wait(timeout=2)
+            except Exception:
+                self.proc.kill()
+            self.proc = None
+
+
+def analyzer_main():
+    """tokenspy.py _analyze: serve Analyzer requests on stdin/stdout until stdin closes."""
+    inp, out = sys.stdin.buffer, sys.stdout.buffer
+    while True:
+        header = inp.readline()
+        if not header:
+            return 0
+        api, size = header.split()
+        body = inp.read(int(size))
+        try:
+            result = analyze_request(api.decode(), body)
+        except Exception:
+            result = {"request_body_bytes": len(body)}
+        out.write(json.dumps(result).encode() + b"\n")
+        out.flush()
+
+
 # ---------------------------------------------------------------------------
 # Recorder: the one thread that parses, prices and writes
 # ---------------------------------------------------------------------------
@@ -957,6 +1045,10 @@ class Recorder(threading.Thread):
 
     MAX_PENDING = 100000
     BATCH = 500
+    # Flows waiting to be read. Only a CPU-saturated process gets here (a failing database
+    # does not fill it: rows then wait in `pending`); past it, relay threads wait for a
+    # free place instead of memory growing without bound.
+    MAX_QUEUED = 2000
 
     def __init__(self, store, prices, local, hooks=()):
         super().__init__(name="tokenspy-recorder", daemon=True)
@@ -964,7 +1056,8 @@ class Recorder(threading.Thread):
         self.prices = prices
         self.local = local
         self.hooks = list(hooks)           # called with the written rows (after commit)
-        self.queue = queue.Queue()
+        self.queue = queue.Queue(self.MAX_QUEUED)
+        self.analyzer = Analyzer()
         self.pending = []
         self.written = 0
         self.failures = 0
@@ -1005,11 +1098,12 @@ class Recorder(threading.Thread):
             for _ in batch:
                 self.queue.task_done()
             if stop:
+                self.analyzer.close()
                 return
 
     def _row(self, flow):
         try:
-            return build_row(flow, self.prices, self.local)
+            return build_row(flow, self.prices, self.local, self.analyzer)
         except Exception as exc:  # a parser bug must not lose the turn
             log.exception("could not read a %s turn; logging it without usage", flow.api)
             return {"timestamp": tokenspy_db.iso_utc(flow.started), "agent": flow.agent,
@@ -2312,6 +2406,8 @@ def main(argv=None):
     try:
         if argv[:1] == ["manage"]:
             return manage_main(argv[1:])
+        if argv[:1] == ["_analyze"]:
+            return analyzer_main()
         config = load_config(argv)
         logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         app = TokenSpy(config)
