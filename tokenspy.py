@@ -1985,6 +1985,68 @@ def api_reset_session(app, query, body):
     return app.sessions.reset(agent, "manual", detail="POST /api/reset-session")
 
 
+BUCKET_WIDTHS = (60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 7 * 86400, 30 * 86400)
+MAX_HOURS = 24 * 366 * 10
+
+
+def _window(app, query, max_buckets=120):
+    """(since epoch s, hours, bucket width s) for ?hours= (default 24; 'all' or 0 = everything)."""
+    raw = query.get("hours", [""])[-1]
+    hours = 0.0 if raw in ("all", "0") else _number(query, "hours", 24.0, 0.01, MAX_HOURS)
+    now = time.time()
+    if not hours:
+        first = app.store.first_ts(_agent_param(query))
+        since = first / 1000.0 if first is not None else now - 3600
+        hours = max((now - since) / 3600.0, 1.0)
+    since = now - hours * 3600
+    span = now - since
+    width = next((w for w in BUCKET_WIDTHS if span / w <= max_buckets), BUCKET_WIDTHS[-1])
+    return since, hours, width
+
+
+def _totals_view(t):
+    out = dict(t)
+    prompt = sum(out.get(k) or 0 for k in ("input_tokens", "cache_read_tokens", "cache_write_tokens"))
+    out["prompt_tokens"] = prompt
+    out["cache_efficiency"] = round((out.get("cache_read_tokens") or 0) / prompt, 4) if prompt else None
+    out["cost_per_turn"] = round(out["cost_usd"] / out["turns"], 8) if out.get("cost_usd") is not None and out["turns"] else None
+    for key, value in out.items():
+        if isinstance(value, float):
+            out[key] = round(value, 8)
+    return out
+
+
+def api_overview(app, query, body):
+    """Everything the dashboard's cards and charts need, bucketed by the server."""
+    agent = _agent_param(query)
+    since, hours, width = _window(app, query)
+    totals = _totals_view(app.store.totals(since, agent))
+    per_agent = [_totals_view(r) for r in app.store.totals(since, agent, group_by="agent")]
+    for row in per_agent:
+        row["is_local_model"] = row["agent"] in app.config.local_model_agents
+    start = int(since // width) * width
+    starts = list(range(start, int(time.time()) + 1, width))
+    index = {t * 1000: i for i, t in enumerate(starts)}
+    fields = ("turns", "cost_usd", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
+              "max_history_chars", "failed_turns")
+    series = {}
+    for row in app.store.buckets(since, width, agent):
+        i = index.get(row["t"])
+        if i is None:
+            continue
+        cols = series.setdefault(row["agent"], {f: [None] * len(starts) for f in fields})
+        for f in fields:
+            cols[f][i] = round(row[f], 8) if isinstance(row[f], float) else row[f]
+    return {"hours": round(hours, 4), "since": tokenspy_db.iso_utc(since), "until": tokenspy_db.iso_utc(time.time()),
+            "agent": agent, "totals": totals, "agents": per_agent, "price_version": app.prices.version,
+            "series": {"bucket_seconds": width, "buckets": [t * 1000 for t in starts], "agents": series}}
+
+
+def api_agents(app, query, body):
+    """Session status of every known agent (with turns, settings or a sessions dir)."""
+    return [app.sessions.status(agent) for agent in app.sessions.known_agents()]
+
+
 # (method, path) -> handler(app, query, body). The one place the API is declared.
 ROUTES = {
     ("GET", "/health"): api_health,
@@ -1995,12 +2057,17 @@ ROUTES = {
     ("POST", "/api/settings"): api_settings_post,
     ("GET", "/api/session-status"): api_session_status,
     ("POST", "/api/reset-session"): api_reset_session,
+    ("GET", "/api/overview"): api_overview,
+    ("GET", "/api/agents"): api_agents,
 }
 API_MAX_BODY = 1 << 20
 # POST routes whose body must be JSON (a cross-site form cannot send that without CORS).
 JSON_BODY_ROUTES = {"/api/settings"}
 # Paths that belong to Token Spy (never relayed), even where a method is not routed.
-OWN_PREFIXES = ("/api/",)
+OWN_PREFIXES = ("/api/", "/dashboard/")
+# A copy of Chart.js an operator may put beside dashboard.html for hosts without internet;
+# the dashboard loads it from /dashboard/chart.umd.min.js when the CDN cannot be reached.
+LOCAL_CHARTJS = "chart.umd.min.js"
 OWN_PATHS = {"/health", "/dashboard", "/token-usage", "/token_events", "/metrics", "/api"}
 
 
@@ -2064,6 +2131,8 @@ class Handler(BaseHTTPRequestHandler):
                     raise ApiError(405, "%s %s is not supported; use %s" % (self.command, path, ", ".join(allowed)))
                 if path == "/dashboard" and self.command in ("GET", "HEAD"):
                     return self.send_file(os.path.join(HERE, "dashboard.html"), "text/html; charset=utf-8")
+                if path == "/dashboard/" + LOCAL_CHARTJS and self.command in ("GET", "HEAD"):
+                    return self.send_file(os.path.join(HERE, LOCAL_CHARTJS), "text/javascript; charset=utf-8")
                 raise ApiError(404, "no such endpoint: %s" % path)
             if self.command != "GET" and self.command != "HEAD":
                 self.check_origin()

@@ -382,6 +382,61 @@ class Store:
             params.append(agent)
         return self.query(sql + " ORDER BY timestamp DESC, id DESC LIMIT ?", params + [int(limit)])
 
+    def first_ts(self, agent=None):
+        """Epoch ms of the oldest turn (of an agent), or None."""
+        sql, params = "SELECT MIN(ts) AS t FROM usage", []
+        if agent:
+            sql, params = sql + " WHERE agent = ?", [agent]
+        return self.query(sql, params)[0]["t"]
+
+    TOTALS_SQL = """
+        COUNT(*) AS turns,
+        SUM(estimated_cost_usd) AS cost_usd,
+        SUM(input_tokens) AS input_tokens,
+        SUM(output_tokens) AS output_tokens,
+        SUM(cache_read_tokens) AS cache_read_tokens,
+        SUM(cache_write_tokens) AS cache_write_tokens,
+        SUM(cost_input_usd) AS cost_input_usd,
+        SUM(cost_output_usd) AS cost_output_usd,
+        SUM(cost_cache_read_usd) AS cost_cache_read_usd,
+        SUM(cost_cache_write_usd) AS cost_cache_write_usd,
+        SUM(cache_savings_usd) AS cache_savings_usd,
+        SUM(CASE WHEN status >= 400 OR error IS NOT NULL THEN 1 ELSE 0 END) AS failed_turns,
+        SUM(CASE WHEN estimated_cost_usd IS NULL AND usage_source != 'missing' THEN 1 ELSE 0 END) AS unpriced_turns,
+        SUM(CASE WHEN usage_source = 'missing' THEN 1 ELSE 0 END) AS turns_without_usage,
+        MAX(conversation_history_chars) AS max_history_chars,
+        AVG(duration_ms) AS avg_duration_ms"""
+
+    def totals(self, since_ts, agent=None, group_by=None):
+        """Aggregates over turns since a time; grouped by a column ('agent', 'model') or not."""
+        where, params = self._where(since_ts, agent)
+        if group_by not in (None, "agent", "model"):
+            raise ValueError(group_by)
+        if group_by:
+            return self.query("SELECT %s, %s FROM usage WHERE %s GROUP BY %s ORDER BY %s"
+                              % (group_by, self.TOTALS_SQL, where, group_by, group_by), params)
+        return self.query("SELECT %s FROM usage WHERE %s" % (self.TOTALS_SQL, where), params)[0]
+
+    def buckets(self, since_ts, width_s, agent=None):
+        """Per time bucket and agent: turns, cost, tokens by type, max history."""
+        where, params = self._where(since_ts, agent)
+        w = int(width_s * 1000)
+        return self.query(
+            "SELECT (ts / %d) * %d AS t, agent, COUNT(*) AS turns, SUM(estimated_cost_usd) AS cost_usd, "
+            "SUM(input_tokens) AS input_tokens, SUM(output_tokens) AS output_tokens, "
+            "SUM(cache_read_tokens) AS cache_read_tokens, SUM(cache_write_tokens) AS cache_write_tokens, "
+            "MAX(conversation_history_chars) AS max_history_chars, "
+            "SUM(CASE WHEN status >= 400 OR error IS NOT NULL THEN 1 ELSE 0 END) AS failed_turns "
+            "FROM usage WHERE %s GROUP BY t, agent ORDER BY t" % (w, w, where), params)
+
+    @staticmethod
+    def _where(since_ts, agent):
+        where, params = "timestamp >= ?", [iso_utc(since_ts)]
+        if agent:
+            where += " AND agent = ?"
+            params.append(agent)
+        return where, params
+
     def agents(self):
         """Every agent name that has ever logged a turn."""
         # A skip-scan over idx_usage_agent_timestamp: one index seek per agent, not per row.
