@@ -1268,14 +1268,32 @@ def proxy_error_body(provider, status, message):
 # Shared settings: one JSON file for every instance, written atomically under a lock
 # ---------------------------------------------------------------------------
 
-# The settings that /api/settings accepts, globally and per agent (null = inherit):
-# name -> (minimum, maximum, default). The one place their rules live.
+# The settings that /api/settings accepts: the one place their rules live.
+# kind: int | float | "url"; per_agent: may be overridden per agent (null = inherit);
+# a setting whose default is None may also be null globally (meaning "none").
+Setting = namedtuple("Setting", "kind lo hi default per_agent help")
 SETTING_RULES = {
-    "session_char_limit": (10000, 100000000, 200000),
-    "poll_interval_minutes": (1, 60, 5),
+    "session_char_limit": Setting(int, 10000, 100000000, 200000, True,
+                                  "history characters at which a session is reset"),
+    "poll_interval_minutes": Setting(int, 1, 60, 5, True, "how often the session manager runs"),
+    "hourly_budget_usd": Setting(float, 0, 1000000, None, True, "spend per UTC clock hour; null = no budget"),
+    "daily_budget_usd": Setting(float, 0, 1000000, None, True, "spend per UTC day; null = no budget"),
+    "budget_webhook_url": Setting("url", None, None, None, False,
+                                  "http(s) URL POSTed once when a budget is crossed in its window"),
 }
+AGENT_SETTINGS = tuple(k for k, rule in SETTING_RULES.items() if rule.per_agent)
 # Earlier implementation's environment names, used as defaults when the file has no value.
 SETTING_ENV = {"session_char_limit": "SESSION_CHAR_LIMIT", "poll_interval_minutes": "POLL_INTERVAL_MINUTES"}
+
+
+def _setting_ok(rule, value):
+    """Is a stored value valid for its rule (None aside)?"""
+    if rule.kind == "url":
+        return isinstance(value, str) and urlsplit(value).scheme in ("http", "https") and bool(urlsplit(value).netloc)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (rule.kind is int and not isinstance(value, int)):
+        return False
+    return rule.lo <= value <= rule.hi
+
 
 try:
     import fcntl
@@ -1297,14 +1315,14 @@ class SettingsFile:
         self._cache = (None, None)
         self._lock = threading.Lock()
         environ = os.environ if environ is None else environ
-        self.defaults = {}
-        for key, (lo, hi, default) in SETTING_RULES.items():
-            raw = environ.get(SETTING_ENV[key])
+        self.defaults = {key: rule.default for key, rule in SETTING_RULES.items()}
+        for key, name in SETTING_ENV.items():
             try:
-                value = int(raw) if raw else default
-                self.defaults[key] = value if lo <= value <= hi else default
+                value = int(environ.get(name) or "x")
             except ValueError:
-                self.defaults[key] = default
+                continue
+            if _setting_ok(SETTING_RULES[key], value):
+                self.defaults[key] = value
 
     def _read_file(self):
         try:
@@ -1328,10 +1346,14 @@ class SettingsFile:
     def read(self):
         """The stored settings with every global key present."""
         data = self._read_file()
-        out = {key: data.get(key) if isinstance(data.get(key), int) else self.defaults[key] for key in SETTING_RULES}
+        out = {key: data[key] if _setting_ok(rule, data.get(key)) else self.defaults[key]
+               for key, rule in SETTING_RULES.items()}
         agents = data.get("agents") if isinstance(data.get("agents"), dict) else {}
-        out["agents"] = {name: {key: (v.get(key) if isinstance(v, dict) else None) for key in SETTING_RULES}
-                         for name, v in agents.items()}
+        out["agents"] = {}
+        for name, overrides in agents.items():
+            overrides = overrides if isinstance(overrides, dict) else {}
+            out["agents"][name] = {key: overrides.get(key) if _setting_ok(SETTING_RULES[key], overrides.get(key))
+                                   else None for key in AGENT_SETTINGS}
         for key, value in data.items():          # keys added by later versions survive a round trip
             if key not in out:
                 out[key] = value
@@ -1369,18 +1391,26 @@ class SettingsFile:
         return clean
 
     @staticmethod
-    def _check(field, key, value, nullable):
-        if key not in SETTING_RULES:
-            raise ApiError(400, "%s: unknown setting (known: %s)" % (field, ", ".join(sorted(SETTING_RULES))))
+    def _check(field, key, value, per_agent):
+        known = AGENT_SETTINGS if per_agent else tuple(SETTING_RULES)
+        if key not in known:
+            raise ApiError(400, "%s: unknown setting (known%s: %s)" % (
+                field, " per agent" if per_agent else "", ", ".join(sorted(known))))
+        rule = SETTING_RULES[key]
         if value is None:
-            if nullable:
+            if per_agent or rule.default is None:
                 return None
             raise ApiError(400, "%s: a global setting cannot be null" % field)
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise ApiError(400, "%s must be an integer, got %s" % (field, json.dumps(value)))
-        lo, hi = SETTING_RULES[key][:2]
-        if not lo <= value <= hi:
-            raise ApiError(400, "%s must be between %d and %d, got %d" % (field, lo, hi, value))
+        if rule.kind == "url":
+            if not _setting_ok(rule, value):
+                raise ApiError(400, "%s must be an http(s) URL or null, got %s" % (field, json.dumps(value)))
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+                rule.kind is int and not isinstance(value, int)):
+            raise ApiError(400, "%s must be %s, got %s" % (
+                field, "an integer" if rule.kind is int else "a number", json.dumps(value)))
+        if not rule.lo <= value <= rule.hi:
+            raise ApiError(400, "%s must be between %s and %s, got %s" % (field, rule.lo, rule.hi, value))
         return value
 
     def update(self, patch):
@@ -1405,7 +1435,7 @@ class SettingsFile:
                         if overrides is None:
                             agents.pop(name, None)
                         else:
-                            agents.setdefault(name, dict.fromkeys(SETTING_RULES))
+                            agents.setdefault(name, dict.fromkeys(AGENT_SETTINGS))
                             agents[name].update(overrides)
                     new["agents"] = agents
                     self._write(new)
@@ -1931,12 +1961,12 @@ def settings_view(app, settings=None):
     settings = settings or app.settings.read()
     agents = dict(settings["agents"])
     for name in set(app.config.agent_session_dirs) | {app.config.agent}:
-        agents.setdefault(name, dict.fromkeys(SETTING_RULES))
+        agents.setdefault(name, dict.fromkeys(AGENT_SETTINGS))
     view = dict(settings)
     view["agents"] = {}
     for name in sorted(agents):
         entry = dict(agents[name])
-        for key in SETTING_RULES:
+        for key in AGENT_SETTINGS:
             value = entry.get(key)
             entry["_effective_" + key] = value if value is not None else settings[key]
         view["agents"][name] = entry
