@@ -17,6 +17,7 @@ Standard library only; Python 3.9 or newer. See README.md.
 """
 
 import argparse
+import bisect
 import calendar
 import gzip
 import http.client
@@ -1537,25 +1538,15 @@ def recommendation(history, limit):
     return "healthy"
 
 
-def current_session(rows, reset_at=None):
-    """Split an agent's turns (oldest first) -> (session turns, main turns).
+def _segments(rows):
+    """Split one conversation stream (oldest first, history known) at sharp drops.
 
-    Boundaries, strongest first: a reset by Token Spy (turns that started before it are
-    not part of the new session); the client's own session id (Claude Code, Codex send
-    one); a sharp drop in history (below half of the conversation so far). A drop is a
-    side call (title generation, a sub-agent, a quota check), not a new session, when the
-    conversation resumes at its old size within SIDE_CALL_LOOKAHEAD turns, or when it is
-    one of the newest turns and a one- or two-message request.
+    -> [(start, end, main indices)]. A drop below half of the conversation so far starts
+    a new segment unless it is a side call (title generation, a sub-agent, a quota
+    check): the conversation resumes at its old size within SIDE_CALL_LOOKAHEAD turns,
+    or the drop is one of the newest turns and a one- or two-message request.
     """
-    if reset_at:
-        rows = [r for r in rows if r["timestamp"] > reset_at]
-    rows = [r for r in rows if r.get("conversation_history_chars") is not None]
-    if not rows:
-        return [], []
-    sid = rows[-1].get("client_session_id")
-    if sid:
-        rows = [r for r in rows if r.get("client_session_id") == sid]
-    start, ref, main = 0, None, []
+    segments, start, ref, main = [], 0, None, []
     for i, row in enumerate(rows):
         h = row["conversation_history_chars"]
         if ref is None or ref <= 1000 or h >= 0.5 * ref:
@@ -1568,9 +1559,79 @@ def current_session(rows, reset_at=None):
         if len(ahead) < SIDE_CALL_LOOKAHEAD and (row.get("message_count") or 0) <= 2 and not any(
                 r["conversation_history_chars"] < 0.5 * ref and (r.get("message_count") or 0) > 2 for r in ahead):
             continue                                  # too new to tell, and shaped like a side call
-        start, ref = i, h
-        main = [i]
-    return rows[start:], [rows[i] for i in main if i >= start]
+        segments.append((start, i, main))
+        start, ref, main = i, h, [i]
+    segments.append((start, len(rows), main))
+    return segments
+
+
+def current_session(rows, reset_at=None):
+    """Split an agent's turns (oldest first) -> (session turns, main turns).
+
+    Boundaries, strongest first: a reset by Token Spy (turns that started before it are
+    not part of the new session); the client's own session id (Claude Code, Codex send
+    one); a sharp drop in history that is not a side call (see _segments).
+    """
+    if reset_at:
+        rows = [r for r in rows if r["timestamp"] > reset_at]
+    rows = [r for r in rows if r.get("conversation_history_chars") is not None]
+    if not rows:
+        return [], []
+    sid = rows[-1].get("client_session_id")
+    if sid:
+        rows = [r for r in rows if r.get("client_session_id") == sid]
+    start, end, main = _segments(rows)[-1]
+    return rows[start:end], [rows[i] for i in main]
+
+
+def split_sessions(rows, resets):
+    """Every session in an agent's turns (oldest first) -> list of session dicts.
+
+    The same boundaries as current_session: resets (SESSION_ENDING_RESETS) cut the
+    timeline; inside, turns group by client session id, then split at history drops.
+    `ended_by` is the reset's reason, 'fresh_start' (the agent began another session),
+    or 'active' for the newest session still open.
+    """
+    resets = sorted((r for r in resets if r["reason"] in SESSION_ENDING_RESETS), key=lambda r: r["timestamp"])
+    stamps = [r["timestamp"] for r in resets]
+    groups = {}
+    for row in rows:
+        if row.get("conversation_history_chars") is None:
+            continue
+        epoch = bisect.bisect_left(stamps, row["timestamp"])
+        groups.setdefault((epoch, row.get("client_session_id")), []).append(row)
+    sessions = []
+    for (epoch, sid), group in groups.items():
+        segments = _segments(group)
+        for k, (a, b, _main) in enumerate(segments):
+            turns = group[a:b]
+            costs = [t["estimated_cost_usd"] for t in turns if t["estimated_cost_usd"] is not None]
+            sessions.append({
+                "client_session_id": sid, "started": turns[0]["timestamp"], "last_turn": turns[-1]["timestamp"],
+                "turns": len(turns), "peak_history_chars": max(t["conversation_history_chars"] for t in turns),
+                "cost_usd": _round(sum(costs)) if costs else None,
+                "duration_s": round((turns[-1]["ts"] - turns[0]["ts"]) / 1000.0, 3),
+                "failed_turns": sum(1 for t in turns if (t["status"] or 0) >= 400 or t["error"]),
+                "ended_by": "fresh_start" if k < len(segments) - 1 else None, "_epoch": epoch,
+            })
+    sessions.sort(key=lambda x: x["started"])
+    open_by_epoch = {}
+    for sess in sessions:
+        if sess["ended_by"] is None:
+            open_by_epoch.setdefault(sess["_epoch"], []).append(sess)
+    for epoch, open_sessions in open_by_epoch.items():
+        newest = max(open_sessions, key=lambda x: x["last_turn"])
+        for sess in open_sessions:
+            if sess is not newest:
+                sess["ended_by"] = "fresh_start"
+            elif epoch < len(resets):
+                sess["ended_by"] = resets[epoch]["reason"]
+                sess["reset_at"] = resets[epoch]["timestamp"]
+            else:
+                sess["ended_by"] = "active"
+    for sess in sessions:
+        del sess["_epoch"]
+    return sessions
 
 
 def _round(value, digits=6):
@@ -1898,6 +1959,108 @@ class Sessions:
 
 
 # ---------------------------------------------------------------------------
+# Budgets: spend per UTC hour and day against the settings; informational only
+# ---------------------------------------------------------------------------
+
+BUDGET_WARNING = 0.8                       # share of a budget at which the state is 'warning'
+BUDGET_PERIODS = (("hour", "hourly_budget_usd"), ("day", "daily_budget_usd"))
+
+
+def budget_state(spend, budget):
+    """'none' (no budget), 'ok', 'warning' (>= 80 %) or 'over' (>= 100 %)."""
+    if budget is None:
+        return "none"
+    if budget <= 0:
+        return "over" if spend > 0 else "ok"
+    share = spend / budget
+    return "over" if share >= 1 else "warning" if share >= BUDGET_WARNING else "ok"
+
+
+class Budgets:
+    """Spend against hourly and daily budgets. Never blocks traffic: it reports, and calls
+    the webhook (budget_webhook_url) once per budget crossed in a window, from a thread of
+    its own, across every process sharing the database (the alerts table)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    @staticmethod
+    def window(period, now):
+        t = time.gmtime(now)
+        if period == "hour":
+            start = calendar.timegm((t.tm_year, t.tm_mon, t.tm_mday, t.tm_hour, 0, 0))
+            return start, start + 3600
+        start = calendar.timegm((t.tm_year, t.tm_mon, t.tm_mday, 0, 0, 0))
+        return start, start + 86400
+
+    def status(self, now=None):
+        now = now or time.time()
+        settings = self.app.settings.read()
+        agents = set(self.app.sessions.known_agents())
+        out = {"warning_at": BUDGET_WARNING, "webhook_configured": bool(settings["budget_webhook_url"]),
+               "periods": {}, "alerts": self.app.store.alerts(now - 86400 * 7, limit=20)}
+        for period, key in BUDGET_PERIODS:
+            start, end = self.window(period, now)
+            spend = self.app.store.spend(start)
+            entry = {"window_start": tokenspy_db.iso_utc(start), "window_end": tokenspy_db.iso_utc(end),
+                     "global": self._line(spend[None], settings[key]), "agents": {}}
+            for agent in sorted(agents | {a for a in spend if a is not None}):
+                override = settings["agents"].get(agent, {}).get(key)
+                budget = override if override is not None else settings[key]
+                entry["agents"][agent] = dict(self._line(spend.get(agent, 0.0), budget), inherited=override is None)
+            out["periods"][period] = entry
+        return out
+
+    @staticmethod
+    def _line(spend, budget):
+        return {"budget_usd": budget, "spend_usd": round(spend, 6),
+                "pct": round(100 * spend / budget, 2) if budget else None, "state": budget_state(spend, budget)}
+
+    def after_log(self, rows):
+        """Recorder hook: raise an alert for each budget newly crossed in its window."""
+        settings = self.app.settings.read()
+        configured = any(settings[key] is not None or any(
+            (a or {}).get(key) is not None for a in settings["agents"].values()) for _, key in BUDGET_PERIODS)
+        if not configured:
+            return
+        status = self.status()
+        for period, entry in status["periods"].items():
+            scopes = [("global", None, entry["global"])] + [("agent", a, v) for a, v in entry["agents"].items()]
+            for scope, agent, line in scopes:
+                if line["state"] != "over":
+                    continue
+                key = "%s/%s/%s/%s" % (period, scope, agent or "*", entry["window_start"])
+                payload = {"event": "budget_exceeded", "scope": scope, "agent": agent, "period": period,
+                           "window_start": entry["window_start"], "window_end": entry["window_end"],
+                           "budget_usd": line["budget_usd"], "spend_usd": line["spend_usd"], "pct": line["pct"],
+                           "source": "Token Spy %s" % __version__}
+                if self.app.store.claim_alert(key, payload):
+                    log.warning("budget exceeded: %s %s spend $%.4f of $%s", period, agent or "all agents",
+                                line["spend_usd"], line["budget_usd"])
+                    url = settings["budget_webhook_url"]
+                    if url:
+                        threading.Thread(target=self._post, args=(url, key, payload), daemon=True,
+                                         name="tokenspy-webhook").start()
+                    else:
+                        self.app.store.mark_alert(key, None, "no webhook configured")
+
+    def _post(self, url, key, payload):
+        import urllib.request
+        try:
+            req = urllib.request.Request(url, data=json.dumps(payload).encode("utf-8"), method="POST",
+                                         headers={"Content-Type": "application/json",
+                                                  "User-Agent": "TokenSpy/" + __version__})
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                self.app.store.mark_alert(key, 1, "HTTP %d" % resp.status)
+        except Exception as exc:
+            log.warning("budget webhook %s failed: %s", url, exc)
+            try:
+                self.app.store.mark_alert(key, 0, str(exc)[:300])
+            except Exception:
+                pass
+
+
+# ---------------------------------------------------------------------------
 # JSON API
 # ---------------------------------------------------------------------------
 
@@ -2077,6 +2240,176 @@ def api_agents(app, query, body):
     return [app.sessions.status(agent) for agent in app.sessions.known_agents()]
 
 
+# -- roadmap analytics ---------------------------------------------------------------
+
+# Stop reasons of every API -> the categories the stop-reason view groups them by.
+STOP_CATEGORIES = {
+    "end_turn": "natural", "stop": "natural", "completed": "natural",
+    "tool_use": "tool_use", "tool_calls": "tool_use", "function_call": "tool_use",
+    "max_tokens": "truncated", "length": "truncated", "max_output_tokens": "truncated",
+    "model_context_window_exceeded": "truncated", "incomplete": "truncated", "max_messages": "truncated",
+    "stop_sequence": "stop_sequence",
+    "refusal": "refusal", "content_filter": "refusal",
+    "pause_turn": "paused",
+    "error": "error", "failed": "error", "cancelled": "error",
+    "unknown": "unknown",
+}
+TRUNCATIONS = tuple(k for k, v in STOP_CATEGORIES.items() if v == "truncated")
+
+
+def _r(value, digits=6):
+    return round(value, digits) if isinstance(value, float) else value
+
+
+def api_models(app, query, body):
+    """Feature 1: per model side by side."""
+    since, hours, _ = _window(app, query)
+    rows = app.store.model_stats(since, _agent_param(query))
+    out = []
+    for row in rows:
+        prompt = sum(row[k] or 0 for k in ("input_tokens", "cache_read_tokens", "cache_write_tokens"))
+        cost, priced = row["cost_usd"], row["priced_turns"]
+        out.append({
+            "model": row["model"], "provider": row["provider"], "turns": row["turns"],
+            "cost_usd": _r(cost), "cost_per_turn": _r(cost / priced, 8) if cost is not None and priced else None,
+            "avg_duration_ms": _r(row["avg_duration_ms"], 1), "p95_duration_ms": row["p95_duration_ms"],
+            "avg_ttfb_ms": _r(row["avg_ttfb_ms"], 1), "avg_prompt_tokens": _r(row["avg_prompt_tokens"], 1),
+            "output_tokens": row["output_tokens"],
+            "cache_hit_share": round((row["cache_read_tokens"] or 0) / prompt, 4) if prompt else None,
+            "output_tokens_per_dollar": round(row["priced_output_tokens"] / cost, 1)
+            if cost and row["priced_output_tokens"] is not None else None,
+            "failed_turns": row["failed_turns"], "unpriced_turns": row["unpriced_turns"],
+        })
+    return {"hours": round(hours, 4), "models": out}
+
+
+def api_latency(app, query, body):
+    """Feature 2: response time per model and agent, outliers, context size vs latency."""
+    agent = _agent_param(query)
+    since, hours, width = _window(app, query)
+    pcts = {p: app.store.percentile_by(None, p, since, agent).get(None) for p in (50, 95)}
+    start = int(since // width) * width
+    starts = list(range(start, int(time.time()) + 1, width))
+    index = {t * 1000: i for i, t in enumerate(starts)}
+    series = {}
+    for column in ("model", "agent"):
+        out = series[column] = {}
+        for row in app.store.latency_buckets(since, width, column, agent):
+            i = index.get(row["t"])
+            if i is None:
+                continue
+            cols = out.setdefault(row["k"] or "unknown", {"avg_ms": [None] * len(starts), "max_ms": [None] * len(starts)})
+            cols["avg_ms"][i] = _r(row["avg_ms"], 1)
+            cols["max_ms"][i] = row["max_ms"]
+    agg, points = app.store.latency_points(since, agent)
+    corr = None
+    n = agg["n"] or 0
+    if n >= 3:
+        vx = n * agg["sxx"] - agg["sx"] ** 2
+        vy = n * agg["syy"] - agg["sy"] ** 2
+        if vx > 0 and vy > 0:
+            corr = round((n * agg["sxy"] - agg["sx"] * agg["sy"]) / (vx * vy) ** 0.5, 4)
+    threshold = pcts[95]
+    outliers = app.store.slowest(since, threshold, agent) if threshold is not None else []
+    return {"hours": round(hours, 4), "median_ms": pcts[50], "p95_ms": pcts[95], "outlier_threshold_ms": threshold,
+            "bucket_seconds": width, "buckets": [t * 1000 for t in starts], "by_model": series["model"],
+            "by_agent": series["agent"], "outliers": outliers,
+            "scatter": {"x": "prompt_tokens", "y": "duration_ms", "points": [[p["x"], p["y"]] for p in points],
+                        "turns": n, "correlation": corr}}
+
+
+def api_stop_reasons(app, query, body):
+    """Feature 5: why turns ended, per model, agent and over time; truncations called out."""
+    agent = _agent_param(query)
+    since, hours, width = _window(app, query)
+    totals, by_model, by_agent = {}, {}, {}
+    for row in app.store.stop_reasons(since, agent):
+        reason, n = row["reason"], row["turns"]
+        totals[reason] = totals.get(reason, 0) + n
+        by_model.setdefault(row["model"] or "unknown", {}).setdefault(reason, 0)
+        by_model[row["model"] or "unknown"][reason] += n
+        by_agent.setdefault(row["agent"], {}).setdefault(reason, 0)
+        by_agent[row["agent"]][reason] += n
+    turns = sum(totals.values())
+    start = int(since // width) * width
+    starts = list(range(start, int(time.time()) + 1, width))
+    index = {t * 1000: i for i, t in enumerate(starts)}
+    series = {}
+    for row in app.store.stop_reason_buckets(since, width, agent):
+        i = index.get(row["t"])
+        if i is not None:
+            category = STOP_CATEGORIES.get(row["reason"], "other")
+            series.setdefault(category, [0] * len(starts))[i] += row["turns"]
+    truncated = sum(n for r, n in totals.items() if r in TRUNCATIONS)
+    return {
+        "hours": round(hours, 4), "turns": turns,
+        "reasons": sorted(({"stop_reason": r, "category": STOP_CATEGORIES.get(r, "other"), "turns": n,
+                            "share": round(n / turns, 4)} for r, n in totals.items()), key=lambda x: -x["turns"]),
+        "by_model": by_model, "by_agent": by_agent, "categories": STOP_CATEGORIES,
+        "bucket_seconds": width, "buckets": [t * 1000 for t in starts], "series": series,
+        "truncations": {"turns": truncated, "share": round(truncated / turns, 4) if turns else None,
+                        "recent": app.store.turns_with_stop(since, TRUNCATIONS, agent)},
+    }
+
+
+def api_tools(app, query, body):
+    """Feature 6: each tool definition seen in requests, its size, and how often it was called."""
+    since, hours, _ = _window(app, query)
+    sets, calls = app.store.tool_usage(since, _agent_param(query))
+    tools = {}
+    for row in sets:
+        for name, chars in json.loads(row["tools"]):
+            t = tools.setdefault(name, {"name": name, "turns_carrying": 0, "chars_total": 0, "max_chars": 0})
+            t["turns_carrying"] += row["turns"]
+            t["chars_total"] += chars * row["turns"]
+            t["max_chars"] = max(t["max_chars"], chars)
+    for name in calls:
+        tools.setdefault(name, {"name": name, "turns_carrying": 0, "chars_total": 0, "max_chars": 0})
+    out = []
+    for t in tools.values():
+        carried = t.pop("turns_carrying")
+        total = t.pop("chars_total")
+        avg = total / carried if carried else 0
+        called = calls.get(t["name"], 0)
+        out.append(dict(t, turns_carrying=carried, avg_chars=round(avg, 1), avg_tokens=round(avg / CHARS_PER_TOKEN, 1),
+                        tokens_sent=total // CHARS_PER_TOKEN, times_called=called,
+                        call_rate=round(called / carried, 4) if carried else None,
+                        dead_weight=carried > 0 and called == 0))
+    out.sort(key=lambda t: (-t["tokens_sent"], t["name"]))
+    dead = [t for t in out if t["dead_weight"]]
+    return {"hours": round(hours, 4), "tools": out, "dead_weight": {
+        "tools": len(dead), "tokens_sent": sum(t["tokens_sent"] for t in dead)}}
+
+
+def api_session_history(app, query, body):
+    """Feature 4: every past session of an agent, how it ended, and the patterns."""
+    agent = _known_agent(app, query)
+    since, hours, _ = _window(app, query)
+    rows = app.store.session_turns(agent, since)
+    resets = app.store.resets(agent, since_ts=since)
+    sessions = split_sessions(rows, resets)
+    days = max(hours / 24.0, 1 / 24.0)
+    ended = {}
+    for sess in sessions:
+        ended[sess["ended_by"]] = ended.get(sess["ended_by"], 0) + 1
+    finished = [x for x in sessions if x["ended_by"] != "active"] or sessions
+    costs = [x["cost_usd"] for x in finished if x["cost_usd"] is not None]
+    by_reason = {}
+    for r in resets:
+        by_reason[r["reason"]] = by_reason.get(r["reason"], 0) + 1
+    return {"agent": agent, "hours": round(hours, 4), "sessions": sessions, "resets": resets, "stats": {
+        "sessions": len(sessions), "ended_by": ended, "resets": len(resets), "resets_by_reason": by_reason,
+        "resets_per_day": round(len([r for r in resets if r["reason"] in SESSION_ENDING_RESETS]) / days, 3),
+        "avg_turns": round(sum(x["turns"] for x in finished) / len(finished), 2) if finished else None,
+        "avg_duration_s": round(sum(x["duration_s"] for x in finished) / len(finished), 1) if finished else None,
+        "avg_cost_usd": _round(sum(costs) / len(costs)) if costs else None}}
+
+
+def api_budget(app, query, body):
+    """Feature 3: spend against the hourly and daily budgets, global and per agent."""
+    return app.budgets.status()
+
+
 # (method, path) -> handler(app, query, body). The one place the API is declared.
 ROUTES = {
     ("GET", "/health"): api_health,
@@ -2089,6 +2422,12 @@ ROUTES = {
     ("POST", "/api/reset-session"): api_reset_session,
     ("GET", "/api/overview"): api_overview,
     ("GET", "/api/agents"): api_agents,
+    ("GET", "/api/models"): api_models,
+    ("GET", "/api/latency"): api_latency,
+    ("GET", "/api/budget"): api_budget,
+    ("GET", "/api/session-history"): api_session_history,
+    ("GET", "/api/stop-reasons"): api_stop_reasons,
+    ("GET", "/api/tools"): api_tools,
 }
 API_MAX_BODY = 1 << 20
 # POST routes whose body must be JSON (a cross-site form cannot send that without CORS).
@@ -2414,8 +2753,10 @@ class TokenSpy:
         self.settings = SettingsFile(config.settings)
         self.prices = Prices(override=config.prices)
         self.sessions = Sessions(self)
+        self.budgets = Budgets(self)
         local = {"agents": config.local_model_agents, "upstream": config.local_upstream}
-        self.recorder = Recorder(self.store, self.prices, local, hooks=[self.sessions.after_log])
+        self.recorder = Recorder(self.store, self.prices, local,
+                                 hooks=[self.sessions.after_log, self.budgets.after_log])
         self.upstreams = {}
         for provider in ("anthropic", "openai"):
             url = getattr(config, provider + "_upstream")

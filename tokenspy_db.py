@@ -429,6 +429,140 @@ class Store:
             "SUM(CASE WHEN status >= 400 OR error IS NOT NULL THEN 1 ELSE 0 END) AS failed_turns "
             "FROM usage WHERE %s GROUP BY t, agent ORDER BY t" % (w, w, where), params)
 
+    # -- roadmap analytics (each one GROUP BY over the window; see README for fields) ----
+
+    def model_stats(self, since_ts, agent=None):
+        where, params = self._where(since_ts, agent)
+        rows = self.query("""
+            SELECT model, MAX(provider) AS provider, COUNT(*) AS turns,
+                   SUM(estimated_cost_usd) AS cost_usd,
+                   SUM(CASE WHEN estimated_cost_usd IS NOT NULL THEN 1 ELSE 0 END) AS priced_turns,
+                   SUM(CASE WHEN estimated_cost_usd IS NOT NULL THEN output_tokens END) AS priced_output_tokens,
+                   AVG(duration_ms) AS avg_duration_ms, AVG(ttfb_ms) AS avg_ttfb_ms,
+                   AVG(CASE WHEN usage_source != 'missing' THEN COALESCE(input_tokens, 0)
+                       + COALESCE(cache_read_tokens, 0) + COALESCE(cache_write_tokens, 0) END) AS avg_prompt_tokens,
+                   SUM(input_tokens) AS input_tokens, SUM(cache_read_tokens) AS cache_read_tokens,
+                   SUM(cache_write_tokens) AS cache_write_tokens, SUM(output_tokens) AS output_tokens,
+                   SUM(CASE WHEN status >= 400 OR error IS NOT NULL THEN 1 ELSE 0 END) AS failed_turns,
+                   SUM(CASE WHEN estimated_cost_usd IS NULL AND usage_source != 'missing' THEN 1 ELSE 0 END)
+                       AS unpriced_turns
+            FROM usage WHERE %s GROUP BY model ORDER BY cost_usd DESC""" % where, params)
+        p95 = self.percentile_by("model", 95, since_ts, agent)
+        for row in rows:
+            row["p95_duration_ms"] = p95.get(row["model"])
+        return rows
+
+    def percentile_by(self, column, pct, since_ts, agent=None, value="duration_ms"):
+        """Nearest-rank percentile of `value` per `column` (None: over the whole window)."""
+        where, params = self._where(since_ts, agent)
+        part = "PARTITION BY %s" % column if column else ""
+        key = column or "NULL"
+        rows = self.query("""
+            SELECT k, v FROM (SELECT %s AS k, %s AS v,
+                   ROW_NUMBER() OVER (%s ORDER BY %s) AS rn, COUNT(*) OVER (%s) AS n
+                   FROM usage WHERE %s AND %s IS NOT NULL)
+            WHERE rn = (n * %d + 99) / 100""" % (key, value, part, value, part, where, value, pct), params)
+        return {r["k"]: r["v"] for r in rows}
+
+    def latency_buckets(self, since_ts, width_s, column, agent=None):
+        where, params = self._where(since_ts, agent)
+        w = int(width_s * 1000)
+        return self.query(
+            "SELECT (ts / %d) * %d AS t, %s AS k, COUNT(*) AS turns, AVG(duration_ms) AS avg_ms, "
+            "MAX(duration_ms) AS max_ms FROM usage WHERE %s AND duration_ms IS NOT NULL "
+            "GROUP BY t, k ORDER BY t" % (w, w, column, where), params)
+
+    PROMPT_SQL = "(COALESCE(input_tokens, 0) + COALESCE(cache_read_tokens, 0) + COALESCE(cache_write_tokens, 0))"
+
+    def latency_points(self, since_ts, agent=None, limit=1000):
+        """Context size vs latency: sums for the correlation over every turn with usage,
+        and an even sample of at most `limit` points."""
+        where, params = self._where(since_ts, agent)
+        where += " AND duration_ms IS NOT NULL AND usage_source != 'missing'"
+        x = self.PROMPT_SQL
+        agg = self.query("SELECT COUNT(*) AS n, SUM(%s) AS sx, SUM(duration_ms) AS sy, SUM(%s * duration_ms) AS sxy, "
+                         "SUM(%s * %s) AS sxx, SUM(duration_ms * duration_ms) AS syy FROM usage WHERE %s"
+                         % (x, x, x, x, where), params)[0]
+        step = max(1, -(-(agg["n"] or 0) // limit))
+        points = self.query("SELECT x, y FROM (SELECT %s AS x, duration_ms AS y, ROW_NUMBER() OVER (ORDER BY ts) AS rn "
+                            "FROM usage WHERE %s) WHERE rn %% %d = 0 LIMIT %d" % (x, where, step, limit), params)
+        return agg, points
+
+    def slowest(self, since_ts, threshold_ms, agent=None, limit=50):
+        where, params = self._where(since_ts, agent)
+        return self.query(
+            "SELECT id, timestamp, agent, model, duration_ms, ttfb_ms, status, stream, %s AS prompt_tokens, "
+            "output_tokens FROM usage WHERE %s AND duration_ms > ? ORDER BY duration_ms DESC LIMIT ?"
+            % (self.PROMPT_SQL, where), params + [threshold_ms, limit])
+
+    STOP_SQL = ("CASE WHEN status >= 400 THEN 'error' WHEN stop_reason IS NOT NULL THEN stop_reason "
+                "WHEN error IS NOT NULL THEN 'error' ELSE 'unknown' END")
+
+    def stop_reasons(self, since_ts, agent=None):
+        where, params = self._where(since_ts, agent)
+        return self.query("SELECT %s AS reason, model, agent, COUNT(*) AS turns FROM usage WHERE %s "
+                          "GROUP BY reason, model, agent" % (self.STOP_SQL, where), params)
+
+    def stop_reason_buckets(self, since_ts, width_s, agent=None):
+        where, params = self._where(since_ts, agent)
+        w = int(width_s * 1000)
+        return self.query("SELECT (ts / %d) * %d AS t, %s AS reason, COUNT(*) AS turns FROM usage WHERE %s "
+                          "GROUP BY t, reason ORDER BY t" % (w, w, self.STOP_SQL, where), params)
+
+    def turns_with_stop(self, since_ts, reasons, agent=None, limit=20):
+        where, params = self._where(since_ts, agent)
+        return self.query(
+            "SELECT id, timestamp, agent, model, stop_reason, output_tokens, status FROM usage WHERE %s "
+            "AND stop_reason IN (%s) ORDER BY timestamp DESC LIMIT ?" % (where, ",".join("?" * len(reasons))),
+            params + list(reasons) + [limit])
+
+    def tool_usage(self, since_ts, agent=None):
+        """-> ({toolset tools JSON: turns carrying it}, {tool name: times called})."""
+        where, params = self._where(since_ts, agent)
+        sets = self.query("SELECT s.tools AS tools, c.n AS turns FROM (SELECT toolset_id, COUNT(*) AS n FROM usage "
+                          "WHERE %s AND toolset_id IS NOT NULL GROUP BY toolset_id) c "
+                          "JOIN toolsets s ON s.id = c.toolset_id" % where, params)
+        calls = self.query("SELECT j.value AS name, COUNT(*) AS calls FROM usage, json_each(usage.tools_called) j "
+                           "WHERE %s AND usage.tools_called IS NOT NULL GROUP BY j.value" % where, params)
+        return sets, {r["name"]: r["calls"] for r in calls}
+
+    def session_turns(self, agent, since_ts, limit=200000):
+        """An agent's turns for the session history, oldest first."""
+        return self.query(
+            "SELECT id, timestamp, ts, status, error, conversation_history_chars, message_count, "
+            "estimated_cost_usd, client_session_id, model FROM usage WHERE agent = ? AND timestamp >= ? "
+            "ORDER BY timestamp, id LIMIT ?", (agent, iso_utc(since_ts), int(limit)))
+
+    def spend(self, since_ts, agent=None):
+        """USD spent since a time: {agent: usd} (None key = all agents)."""
+        where, params = self._where(since_ts, None)
+        rows = self.query("SELECT agent, SUM(estimated_cost_usd) AS usd FROM usage WHERE %s GROUP BY agent"
+                          % where, params)
+        out = {r["agent"]: r["usd"] or 0.0 for r in rows}
+        out[None] = sum(out.values())
+        return out
+
+    def claim_alert(self, key, payload):
+        """Record a budget alert; False if any process already raised this one."""
+        conn = _connect(self.path)
+        try:
+            cur = conn.execute("INSERT OR IGNORE INTO alerts (timestamp, key, payload) VALUES (?, ?, ?)",
+                               (iso_utc(time.time()), key, json.dumps(payload)))
+            return cur.rowcount == 1
+        finally:
+            conn.close()
+
+    def mark_alert(self, key, delivered, detail):
+        conn = _connect(self.path)
+        try:
+            conn.execute("UPDATE alerts SET delivered = ?, detail = ? WHERE key = ?", (delivered, detail, key))
+        finally:
+            conn.close()
+
+    def alerts(self, since_ts, limit=100):
+        return self.query("SELECT * FROM alerts WHERE timestamp >= ? ORDER BY id DESC LIMIT ?",
+                          (iso_utc(since_ts), limit))
+
     @staticmethod
     def _where(since_ts, agent):
         where, params = "timestamp >= ?", [iso_utc(since_ts)]
