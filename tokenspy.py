@@ -19,6 +19,7 @@ Standard library only; Python 3.9 or newer. See README.md.
 import argparse
 import bisect
 import calendar
+import email.parser
 import gzip
 import http.client
 import json
@@ -2444,6 +2445,32 @@ OWN_PATHS = {"/health", "/dashboard", "/token-usage", "/token_events", "/metrics
 # HTTP server: the relay and the API on one port
 # ---------------------------------------------------------------------------
 
+_stdlib_parse_headers = http.client.parse_headers
+
+
+def fast_parse_headers(fp, _class=http.client.HTTPMessage):
+    """http.client.parse_headers without the email package's feed parser.
+
+    Both sides of every relayed request parse headers with it (http.server for the
+    client, http.client for the upstream); the stdlib routes them through
+    email.feedparser, which was a fifth of the proxy's CPU time. Plain "Name: value"
+    lines become the same HTTPMessage (compat32 keeps the value as sent, leading
+    blanks removed); anything unusual (folded lines, odd names) goes to the stdlib
+    parser, so behaviour only differs in speed.
+    """
+    lines = http.client._read_headers(fp)
+    msg = _class()
+    for raw in lines:
+        if raw in (b"\r\n", b"\n", b""):
+            continue
+        line = raw.decode("iso-8859-1")
+        name, sep, value = line.partition(":")
+        if not sep or not name or name[0] in " \t" or name != name.rstrip() or "\r" in value.rstrip("\r\n"):
+            return email.parser.Parser(_class=_class).parsestr(b"".join(lines).decode("iso-8859-1"))
+        msg.set_raw(name, value.lstrip(" \t").rstrip("\r\n"))
+    return msg
+
+
 class Handler(BaseHTTPRequestHandler):
     """Serves Token Spy's own paths and relays everything else upstream."""
 
@@ -2744,6 +2771,7 @@ class TokenSpy:
 
     def __init__(self, config, listen=True):
         self.config = config
+        http.client.parse_headers = fast_parse_headers       # see fast_parse_headers
         self.started = time.time()
         try:
             self.store = tokenspy_db.Store(config.db)
