@@ -1063,6 +1063,7 @@ class Recorder(threading.Thread):
         self.pending = []
         self.written = 0
         self.failures = 0
+        self.counters = {}                 # (agent, model) -> turns, 4 token kinds, cost, failed
 
     def submit(self, flow):
         self.queue.put(flow)
@@ -1133,6 +1134,13 @@ class Recorder(threading.Thread):
         self.failures = 0
         self.pending = []
         self.written += len(rows)
+        for row in rows:
+            c = self.counters.setdefault((row.get("agent"), row.get("model") or "unknown"), [0] * 7)
+            c[0] += 1
+            for i, key in enumerate(("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
+                                     "estimated_cost_usd"), start=1):
+                c[i] += row.get(key) or 0
+            c[6] += 1 if (row.get("status") or 0) >= 400 or row.get("error") else 0
         for row, rid in zip(rows, ids):
             row["id"] = rid
             log.info("turn %s %s %s in=%s out=%s cache_r=%s cache_w=%s $%s %sms %s",
@@ -2411,6 +2419,40 @@ def api_budget(app, query, body):
     return app.budgets.status()
 
 
+class Raw:
+    """A non-JSON API answer."""
+
+    def __init__(self, ctype, data):
+        self.ctype, self.data = ctype, data
+
+
+def _prom_label(value):
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def api_metrics(app, query, body):
+    """Prometheus text format: counters since this process started, per agent and model."""
+    out = []
+    metrics = (("turns", "Turns logged", 0), ("input_tokens", "Uncached input tokens", 1),
+               ("output_tokens", "Output tokens", 2), ("cache_read_tokens", "Cache read tokens", 3),
+               ("cache_write_tokens", "Cache write tokens", 4), ("cost_usd", "Estimated cost in USD", 5),
+               ("failed_turns", "Turns that failed (HTTP >= 400 or an error)", 6))
+    counters = dict(app.recorder.counters)
+    for name, help_text, i in metrics:
+        out.append("# HELP tokenspy_%s_total %s, since this process started." % (name, help_text))
+        out.append("# TYPE tokenspy_%s_total counter" % name)
+        for (agent, model), c in sorted(counters.items(), key=lambda kv: (str(kv[0][0]), str(kv[0][1]))):
+            out.append('tokenspy_%s_total{agent="%s",model="%s"} %s' % (
+                name, _prom_label(agent), _prom_label(model), repr(round(c[i], 8)) if i == 5 else c[i]))
+    out.append("# HELP tokenspy_pending_rows Turns waiting to be written to the database.")
+    out.append("# TYPE tokenspy_pending_rows gauge")
+    out.append("tokenspy_pending_rows %d" % (app.recorder.queue.qsize() + len(app.recorder.pending)))
+    out.append("# HELP tokenspy_uptime_seconds Seconds since this process started.")
+    out.append("# TYPE tokenspy_uptime_seconds gauge")
+    out.append("tokenspy_uptime_seconds %d" % (time.time() - app.started))
+    return Raw("text/plain; version=0.0.4; charset=utf-8", ("\n".join(out) + "\n").encode("utf-8"))
+
+
 # (method, path) -> handler(app, query, body). The one place the API is declared.
 ROUTES = {
     ("GET", "/health"): api_health,
@@ -2429,6 +2471,8 @@ ROUTES = {
     ("GET", "/api/session-history"): api_session_history,
     ("GET", "/api/stop-reasons"): api_stop_reasons,
     ("GET", "/api/tools"): api_tools,
+    ("GET", "/metrics"): api_metrics,
+    ("GET", "/token_events"): None,       # a stream: Handler.serve_token_events
 }
 API_MAX_BODY = 1 << 20
 # POST routes whose body must be JSON (a cross-site form cannot send that without CORS).
@@ -2469,6 +2513,10 @@ def fast_parse_headers(fp, _class=http.client.HTTPMessage):
             return email.parser.Parser(_class=_class).parsestr(b"".join(lines).decode("iso-8859-1"))
         msg.set_raw(name, value.lstrip(" \t").rstrip("\r\n"))
     return msg
+
+
+class ClientGone(Exception):
+    """The client's connection failed while the relay was writing to it."""
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -2519,9 +2567,10 @@ class Handler(BaseHTTPRequestHandler):
         body = self.read_body(limit=API_MAX_BODY)
         if body is None:
             return
-        handler = ROUTES.get((self.command, path)) or ROUTES.get(("GET", path) if self.command == "HEAD" else None)
+        key = (self.command, path) if self.command != "HEAD" else ("GET", path)
+        handler = ROUTES.get(key)
         try:
-            if handler is None:
+            if key not in ROUTES:
                 allowed = sorted(m for (m, p) in ROUTES if p == path)
                 if allowed:
                     raise ApiError(405, "%s %s is not supported; use %s" % (self.command, path, ", ".join(allowed)))
@@ -2536,7 +2585,11 @@ class Handler(BaseHTTPRequestHandler):
                 if path in JSON_BODY_ROUTES and ctype != "application/json":
                     raise ApiError(400, "send the body as JSON with Content-Type: application/json (got %r)"
                                    % (ctype or "none"))
+            if path == "/token_events":
+                return self.serve_token_events(parse_qs(query, keep_blank_values=True))
             result = handler(self.app, parse_qs(query, keep_blank_values=True), body)
+            if isinstance(result, Raw):
+                return self.send_raw(200, result.ctype, result.data)
             self.send_json(200, result)
         except ApiError as exc:
             self.send_json(exc.status, {"error": exc.message, "status": exc.status})
@@ -2557,6 +2610,57 @@ class Handler(BaseHTTPRequestHandler):
                 raise ApiError(403, "origin %s may not change Token Spy's state" % origin)
         elif origin == "null":
             raise ApiError(403, "requests from an opaque origin may not change Token Spy's state")
+
+    def serve_token_events(self, query):
+        """GET /token_events: a server-sent event per logged turn, oldest first, as they land.
+
+        ?after_id=N starts after that row (default: only turns logged from now on). Every
+        event carries its row id as the SSE id, so nothing is sent twice.
+        """
+        after = _number(query, "after_id", None, 0, 2 ** 62, int)
+        if after is None:
+            after = (self.app.store.query("SELECT MAX(id) AS m FROM usage")[0]["m"] or 0)
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        self.close_connection = True
+        if self.command == "HEAD":
+            return
+        idle = 0.0
+        try:
+            while True:
+                rows = self.app.store.query(
+                    "SELECT id, timestamp, agent, model, provider, client_session_id, input_tokens, output_tokens, "
+                    "cache_read_tokens, cache_write_tokens, estimated_cost_usd, status, stop_reason, duration_ms "
+                    "FROM usage WHERE id > ? ORDER BY id LIMIT 200", (after,))
+                parts = []
+                for row in rows:
+                    after = row["id"]
+                    event = dict(row, type="token_usage", session_id=row["client_session_id"] or "",
+                                 cost_usd=row["estimated_cost_usd"], agent_name=row["agent"])
+                    parts.append("id: %d\nevent: token_usage\ndata: %s\n\n" % (row["id"], json.dumps(event)))
+                idle = 0.0 if parts else idle + 1.0
+                if not parts and idle >= 15:
+                    parts.append(": heartbeat\n\n")
+                    idle = 0.0
+                if parts:
+                    data = "".join(parts).encode("utf-8")
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                if len(rows) < 200:
+                    time.sleep(1.0)
+        except OSError:
+            return
+
+    def send_raw(self, status, ctype, data):
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
 
     def send_json(self, status, obj):
         data = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=str).encode("utf-8")
@@ -2691,10 +2795,9 @@ class Handler(BaseHTTPRequestHandler):
         if self.close_connection:
             lines.append("Connection: close\r\n")
         lines.append("\r\n")
-        write = self.wfile.write
         try:
             try:
-                write("".join(lines).encode("latin-1", "replace"))
+                self._send("".join(lines).encode("latin-1", "replace"))
                 if not no_body:
                     read1 = resp.read1
                     while True:
@@ -2703,19 +2806,16 @@ class Handler(BaseHTTPRequestHandler):
                             if resp.length:          # the upstream closed before its Content-Length
                                 raise http.client.IncompleteRead(b"", resp.length)
                             break
-                        write(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
+                        self._send(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
                         if flow:
                             flow.add(data)
                     if chunked:
-                        write(b"0\r\n\r\n")
-            except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError) as exc:
-                if self._client_gone(exc):
-                    if flow:
-                        flow.error = "client disconnected before the response ended"
-                else:
-                    raise
+                        self._send(b"0\r\n\r\n")
+            except ClientGone:
+                if flow:
+                    flow.error = "client disconnected before the response ended"
                 self.close_connection = True
-                conn.close()
+                conn.close()                         # stops the upstream generating
                 return
             except (socket.timeout, OSError, http.client.HTTPException) as exc:
                 # Upstream failed mid-body: the status is already sent, so cut the client off
@@ -2732,9 +2832,12 @@ class Handler(BaseHTTPRequestHandler):
                 flow.t_end = time.perf_counter()
                 app.recorder.submit(flow)
 
-    def _client_gone(self, exc):
-        """Was a write error the client's socket (not the upstream's)?"""
-        return True
+    def _send(self, data):
+        """Write to the client; a failure there is the client's (not the upstream's)."""
+        try:
+            self.wfile.write(data)
+        except OSError as exc:
+            raise ClientGone(exc)
 
     def refuse_upgrade(self, upgrade):
         """WebSocket (and any other) upgrades are refused at once with 426 Upgrade Required.
