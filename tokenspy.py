@@ -20,7 +20,6 @@ import argparse
 import bisect
 import calendar
 import email.parser
-import gzip
 import http.client
 import json
 import logging
@@ -34,7 +33,6 @@ import threading
 import time
 import zlib
 from collections import namedtuple
-from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 

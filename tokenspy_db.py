@@ -17,11 +17,17 @@ import json
 import os
 import queue
 import sqlite3
-import threading
 import time
 from datetime import datetime, timezone
 
 BUSY_TIMEOUT_MS = 10000
+
+# How a turn counts as failed, unpriced or without usage: one definition for every query.
+FAILED_SQL = "(status >= 400 OR error IS NOT NULL)"
+COUNTS_SQL = ("SUM(CASE WHEN %s THEN 1 ELSE 0 END) AS failed_turns, "
+              "SUM(CASE WHEN estimated_cost_usd IS NULL AND usage_source != 'missing' THEN 1 ELSE 0 END) "
+              "AS unpriced_turns, "
+              "SUM(CASE WHEN usage_source = 'missing' THEN 1 ELSE 0 END) AS turns_without_usage" % FAILED_SQL)
 
 # ---------------------------------------------------------------------------
 # Schema
@@ -401,11 +407,9 @@ class Store:
         SUM(cost_cache_read_usd) AS cost_cache_read_usd,
         SUM(cost_cache_write_usd) AS cost_cache_write_usd,
         SUM(cache_savings_usd) AS cache_savings_usd,
-        SUM(CASE WHEN status >= 400 OR error IS NOT NULL THEN 1 ELSE 0 END) AS failed_turns,
-        SUM(CASE WHEN estimated_cost_usd IS NULL AND usage_source != 'missing' THEN 1 ELSE 0 END) AS unpriced_turns,
-        SUM(CASE WHEN usage_source = 'missing' THEN 1 ELSE 0 END) AS turns_without_usage,
         MAX(conversation_history_chars) AS max_history_chars,
-        AVG(duration_ms) AS avg_duration_ms"""
+        AVG(duration_ms) AS avg_duration_ms,
+        """ + COUNTS_SQL
 
     def totals(self, since_ts, agent=None, group_by=None):
         """Aggregates over turns since a time; grouped by a column ('agent', 'model') or not."""
@@ -426,8 +430,8 @@ class Store:
             "SUM(input_tokens) AS input_tokens, SUM(output_tokens) AS output_tokens, "
             "SUM(cache_read_tokens) AS cache_read_tokens, SUM(cache_write_tokens) AS cache_write_tokens, "
             "MAX(conversation_history_chars) AS max_history_chars, "
-            "SUM(CASE WHEN status >= 400 OR error IS NOT NULL THEN 1 ELSE 0 END) AS failed_turns "
-            "FROM usage WHERE %s GROUP BY t, agent ORDER BY t" % (w, w, where), params)
+            "SUM(CASE WHEN %s THEN 1 ELSE 0 END) AS failed_turns "
+            "FROM usage WHERE %s GROUP BY t, agent ORDER BY t" % (w, w, FAILED_SQL, where), params)
 
     # -- roadmap analytics (each one GROUP BY over the window; see README for fields) ----
 
@@ -443,10 +447,8 @@ class Store:
                        + COALESCE(cache_read_tokens, 0) + COALESCE(cache_write_tokens, 0) END) AS avg_prompt_tokens,
                    SUM(input_tokens) AS input_tokens, SUM(cache_read_tokens) AS cache_read_tokens,
                    SUM(cache_write_tokens) AS cache_write_tokens, SUM(output_tokens) AS output_tokens,
-                   SUM(CASE WHEN status >= 400 OR error IS NOT NULL THEN 1 ELSE 0 END) AS failed_turns,
-                   SUM(CASE WHEN estimated_cost_usd IS NULL AND usage_source != 'missing' THEN 1 ELSE 0 END)
-                       AS unpriced_turns
-            FROM usage WHERE %s GROUP BY model ORDER BY cost_usd DESC""" % where, params)
+                   %s
+            FROM usage WHERE %s GROUP BY model ORDER BY cost_usd DESC""" % (COUNTS_SQL, where), params)
         p95 = self.percentile_by("model", 95, since_ts, agent)
         for row in rows:
             row["p95_duration_ms"] = p95.get(row["model"])
@@ -596,13 +598,11 @@ class Store:
                    AVG(conversation_history_chars) AS avg_history_chars,
                    AVG(skill_injection_chars) AS avg_skill_chars,
                    AVG(base_prompt_chars) AS avg_base_prompt_chars,
-                   SUM(CASE WHEN status >= 400 OR error IS NOT NULL THEN 1 ELSE 0 END) AS failed_turns,
-                   SUM(CASE WHEN estimated_cost_usd IS NULL AND usage_source != 'missing' THEN 1 ELSE 0 END) AS unpriced_turns,
-                   SUM(CASE WHEN usage_source = 'missing' THEN 1 ELSE 0 END) AS turns_without_usage,
+                   %s,
                    MIN(timestamp) AS first_turn,
                    MAX(timestamp) AS last_turn
             FROM usage WHERE timestamp >= ?
-            GROUP BY agent ORDER BY agent"""
+            GROUP BY agent ORDER BY agent""" % COUNTS_SQL
         rows = self.query(sql, [iso_utc(time.time() - hours * 3600)])
         for row in rows:
             for key in ("avg_input_tokens", "avg_system_chars", "avg_history_chars",

@@ -13,7 +13,6 @@ import email.message
 import gzip
 import json
 import os
-import random
 import shutil
 import tempfile
 import unittest
@@ -21,7 +20,8 @@ import zlib
 
 import tokenspy
 import tokenspy_db
-from tests.fake_upstream import FIXTURES, openai_chat_stream_body, responses_incomplete_stream_body, sse_events
+from tests.fake_upstream import (FIXTURES, openai_chat_stream_body, random_chunks, responses_incomplete_stream_body,
+                                 sse_events)
 
 SSE = "text/event-stream; charset=utf-8"
 JSON = "application/json"
@@ -80,12 +80,7 @@ def comparable(row):
 
 
 def random_pieces(data, seed, max_len=40):
-    rng, out, i = random.Random(seed), [], 0
-    while i < len(data):
-        n = rng.randint(1, max_len)
-        out.append(data[i:i + n])
-        i += n
-    return out
+    return random_chunks(data, max_len, seed)
 
 
 def sse(*events):
