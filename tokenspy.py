@@ -464,10 +464,24 @@ class OpenAIResponses:
             r.model = _get(obj, "response", "model") or r.model
         elif kind == "response.output_item.done":
             item = obj.get("item") or {}
-            if item.get("type") in ("function_call", "custom_tool_call") and item.get("name"):
-                r.tools.append(item["name"])
+            name = OpenAIResponses.tool_called(item)
+            if name:
+                r.tools.append(name)
         elif kind == "error":
             r.error = "%s: %s" % (obj.get("code") or "error", obj.get("message") or "")
+
+    @staticmethod
+    def tool_called(item):
+        """The tool an output item called: a function's name, or a built-in's type without
+        '_call' (web_search_call -> web_search, as its definition {"type": "web_search"})."""
+        if not isinstance(item, dict) or not isinstance(item.get("type"), str):
+            return None
+        kind = item["type"]
+        if kind in ("function_call", "custom_tool_call"):
+            return item.get("name")
+        if kind.endswith("_call") and kind != "function_call_output":
+            return kind[:-len("_call")]
+        return None
 
     @staticmethod
     def body(r, obj, streamed=False):
@@ -487,8 +501,9 @@ class OpenAIResponses:
             r.complete = True
         if not streamed:
             for item in obj.get("output") or ():
-                if isinstance(item, dict) and item.get("type") in ("function_call", "custom_tool_call"):
-                    r.tools.append(item.get("name"))
+                name = OpenAIResponses.tool_called(item)
+                if name:
+                    r.tools.append(name)
 
     @staticmethod
     def tokens(raw):
@@ -1672,7 +1687,7 @@ class Sessions:
         limit = self.limit(agent)
         last = store.last_reset(agent, SESSION_ENDING_RESETS)
         rows = store.agent_turns(agent, time.time() - STATUS_WINDOW_DAYS * 86400)
-        out = {"agent": agent, "session_char_limit": limit,
+        out = {"agent": agent, "session_char_limit": limit, "can_reset": agent in self.dirs,
                "session_char_limit_tokens": limit // CHARS_PER_TOKEN,
                "last_reset": ({k: last[k] for k in ("timestamp", "reason", "detail", "session_id", "archived_to")}
                               if last else None)}
@@ -2216,12 +2231,31 @@ def _totals_view(t):
     return out
 
 
+def _combine_totals(groups):
+    """Totals of several groups' aggregates (sums add, maxima max, averages weigh by turns)."""
+    out = {"turns": sum(g["turns"] for g in groups), "cost_usd": None}
+    for key in groups[0] if groups else ():
+        if key in ("agent", "model", "turns"):
+            continue
+        values = [(g[key], g["turns"]) for g in groups if g[key] is not None]
+        if not values:
+            out[key] = None
+        elif key.startswith("max_"):
+            out[key] = max(v for v, _ in values)
+        elif key.startswith("avg_"):
+            out[key] = sum(v * t for v, t in values) / sum(t for _, t in values)
+        else:
+            out[key] = sum(v for v, _ in values)
+    return out
+
+
 def api_overview(app, query, body):
     """Everything the dashboard's cards and charts need, bucketed by the server."""
     agent = _agent_param(query)
     since, hours, width = _window(app, query)
-    totals = _totals_view(app.store.totals(since, agent))
-    per_agent = [_totals_view(r) for r in app.store.totals(since, agent, group_by="agent")]
+    groups = app.store.totals(since, agent, group_by="agent")
+    totals = _totals_view(_combine_totals(groups))
+    per_agent = [_totals_view(r) for r in groups]
     for row in per_agent:
         row["is_local_model"] = row["agent"] in app.config.local_model_agents
     start = int(since // width) * width
@@ -2480,7 +2514,7 @@ OWN_PREFIXES = ("/api/", "/dashboard/")
 # A copy of Chart.js an operator may put beside dashboard.html for hosts without internet;
 # the dashboard loads it from /dashboard/chart.umd.min.js when the CDN cannot be reached.
 LOCAL_CHARTJS = "chart.umd.min.js"
-OWN_PATHS = {"/health", "/dashboard", "/token-usage", "/token_events", "/metrics", "/api"}
+OWN_PATHS = {"/health", "/dashboard", "/token-usage", "/token_events", "/metrics", "/api", "/favicon.ico"}
 
 
 # ---------------------------------------------------------------------------
