@@ -2328,20 +2328,27 @@ def api_latency(app, query, body):
     """Feature 2: response time per model and agent, outliers, context size vs latency."""
     agent = _agent_param(query)
     since, hours, width = _window(app, query)
-    pcts = {p: app.store.percentile_by(None, p, since, agent).get(None) for p in (50, 95)}
+    pcts = app.store.percentiles_by(None, (50, 95), since, agent).get(None, {50: None, 95: None})
     start = int(since // width) * width
     starts = list(range(start, int(time.time()) + 1, width))
     index = {t * 1000: i for i, t in enumerate(starts)}
     series = {}
+    acc = {"model": {}, "agent": {}}
+    for row in app.store.latency_buckets(since, width, agent):
+        i = index.get(row["t"])
+        if i is None:
+            continue
+        for column in ("model", "agent"):
+            a = acc[column].setdefault((row[column] or "unknown", i), [0, 0, None])
+            a[0] += row["turns"]
+            a[1] += row["sum_ms"]
+            a[2] = row["max_ms"] if a[2] is None else max(a[2], row["max_ms"])
     for column in ("model", "agent"):
         out = series[column] = {}
-        for row in app.store.latency_buckets(since, width, column, agent):
-            i = index.get(row["t"])
-            if i is None:
-                continue
-            cols = out.setdefault(row["k"] or "unknown", {"avg_ms": [None] * len(starts), "max_ms": [None] * len(starts)})
-            cols["avg_ms"][i] = _r(row["avg_ms"], 1)
-            cols["max_ms"][i] = row["max_ms"]
+        for (k, i), (n, total, mx) in acc[column].items():
+            cols = out.setdefault(k, {"avg_ms": [None] * len(starts), "max_ms": [None] * len(starts)})
+            cols["avg_ms"][i] = _r(total / n, 1)
+            cols["max_ms"][i] = mx
     agg, points = app.store.latency_points(since, agent)
     corr = None
     n = agg["n"] or 0
@@ -2364,23 +2371,21 @@ def api_stop_reasons(app, query, body):
     agent = _agent_param(query)
     since, hours, width = _window(app, query)
     totals, by_model, by_agent = {}, {}, {}
-    for row in app.store.stop_reasons(since, agent):
+    start = int(since // width) * width
+    starts = list(range(start, int(time.time()) + 1, width))
+    index = {t * 1000: i for i, t in enumerate(starts)}
+    series = {}
+    for row in app.store.stop_reason_rows(since, width, agent):
         reason, n = row["reason"], row["turns"]
+        i = index.get(row["t"])
+        if i is not None:
+            series.setdefault(STOP_CATEGORIES.get(reason, "other"), [0] * len(starts))[i] += n
         totals[reason] = totals.get(reason, 0) + n
         by_model.setdefault(row["model"] or "unknown", {}).setdefault(reason, 0)
         by_model[row["model"] or "unknown"][reason] += n
         by_agent.setdefault(row["agent"], {}).setdefault(reason, 0)
         by_agent[row["agent"]][reason] += n
     turns = sum(totals.values())
-    start = int(since // width) * width
-    starts = list(range(start, int(time.time()) + 1, width))
-    index = {t * 1000: i for i, t in enumerate(starts)}
-    series = {}
-    for row in app.store.stop_reason_buckets(since, width, agent):
-        i = index.get(row["t"])
-        if i is not None:
-            category = STOP_CATEGORIES.get(row["reason"], "other")
-            series.setdefault(category, [0] * len(starts))[i] += row["turns"]
     truncated = sum(n for r, n in totals.items() if r in TRUNCATIONS)
     return {
         "hours": round(hours, 4), "turns": turns,
@@ -2422,11 +2427,14 @@ def api_tools(app, query, body):
         "tools": len(dead), "tokens_sent": sum(t["tokens_sent"] for t in dead)}}
 
 
+SESSION_HISTORY_MAX_TURNS = 200000      # the newest turns in the window; `truncated` says when cut
+
+
 def api_session_history(app, query, body):
     """Feature 4: every past session of an agent, how it ended, and the patterns."""
     agent = _known_agent(app, query)
     since, hours, _ = _window(app, query)
-    rows = app.store.session_turns(agent, since)
+    rows = app.store.session_turns(agent, since, limit=SESSION_HISTORY_MAX_TURNS)
     resets = app.store.resets(agent, since_ts=since)
     sessions = split_sessions(rows, resets)
     days = max(hours / 24.0, 1 / 24.0)
@@ -2438,7 +2446,9 @@ def api_session_history(app, query, body):
     by_reason = {}
     for r in resets:
         by_reason[r["reason"]] = by_reason.get(r["reason"], 0) + 1
-    return {"agent": agent, "hours": round(hours, 4), "sessions": sessions, "resets": resets, "stats": {
+    return {"agent": agent, "hours": round(hours, 4), "sessions": sessions, "resets": resets,
+            "truncated": len(rows) >= SESSION_HISTORY_MAX_TURNS, "first_turn": rows[0]["timestamp"] if rows else None,
+            "stats": {
         "sessions": len(sessions), "ended_by": ended, "resets": len(resets), "resets_by_reason": by_reason,
         "resets_per_day": round(len([r for r in resets if r["reason"] in SESSION_ENDING_RESETS]) / days, 3),
         "avg_turns": round(sum(x["turns"] for x in finished) / len(finished), 2) if finished else None,

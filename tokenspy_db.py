@@ -390,10 +390,11 @@ class Store:
 
     def first_ts(self, agent=None):
         """Epoch ms of the oldest turn (of an agent), or None."""
-        sql, params = "SELECT MIN(ts) AS t FROM usage", []
+        sql, params = "SELECT MIN(timestamp) AS t FROM usage", []
         if agent:
             sql, params = sql + " WHERE agent = ?", [agent]
-        return self.query(sql, params)[0]["t"]
+        t = self.query(sql, params)[0]["t"]
+        return int(round(parse_iso(t) * 1000)) if t else None
 
     TOTALS_SQL = """
         COUNT(*) AS turns,
@@ -417,7 +418,7 @@ class Store:
         if group_by not in (None, "agent", "model"):
             raise ValueError(group_by)
         if group_by:
-            return self.query("SELECT %s, %s FROM usage WHERE %s GROUP BY %s ORDER BY %s"
+            return self.query("SELECT %s, %s FROM usage WHERE %s GROUP BY +%s ORDER BY %s"
                               % (group_by, self.TOTALS_SQL, where, group_by, group_by), params)
         return self.query("SELECT %s FROM usage WHERE %s" % (self.TOTALS_SQL, where), params)[0]
 
@@ -448,31 +449,47 @@ class Store:
                    SUM(input_tokens) AS input_tokens, SUM(cache_read_tokens) AS cache_read_tokens,
                    SUM(cache_write_tokens) AS cache_write_tokens, SUM(output_tokens) AS output_tokens,
                    %s
-            FROM usage WHERE %s GROUP BY model ORDER BY cost_usd DESC""" % (COUNTS_SQL, where), params)
+            FROM usage WHERE %s GROUP BY +model ORDER BY cost_usd DESC""" % (COUNTS_SQL, where), params)
         p95 = self.percentile_by("model", 95, since_ts, agent)
         for row in rows:
             row["p95_duration_ms"] = p95.get(row["model"])
         return rows
 
-    def percentile_by(self, column, pct, since_ts, agent=None, value="duration_ms"):
-        """Nearest-rank percentile of `value` per `column` (None: over the whole window)."""
+    def percentiles_by(self, column, pcts, since_ts, agent=None, value="duration_ms"):
+        """Nearest-rank percentiles of `value` per `column` -> {key: {pct: value}}."""
         where, params = self._where(since_ts, agent)
-        part = "PARTITION BY %s" % column if column else ""
-        key = column or "NULL"
-        rows = self.query("""
-            SELECT k, v FROM (SELECT %s AS k, %s AS v,
-                   ROW_NUMBER() OVER (%s ORDER BY %s) AS rn, COUNT(*) OVER (%s) AS n
-                   FROM usage WHERE %s AND %s IS NOT NULL)
-            WHERE rn = (n * %d + 99) / 100""" % (key, value, part, value, part, where, value, pct), params)
-        return {r["k"]: r["v"] for r in rows}
+        key = "+%s" % column if column else "NULL"
+        rows = self.query("SELECT %s AS k, %s AS v, COUNT(*) AS c FROM usage WHERE %s AND %s IS NOT NULL "
+                          "GROUP BY k, +v" % (key, value, where, value), params)
+        groups = {}
+        for r in rows:
+            groups.setdefault(r["k"], []).append((r["v"], r["c"]))
+        out = {}
+        for k, vals in groups.items():
+            vals.sort()
+            n = sum(c for _, c in vals)
+            res, cum, i = {}, 0, 0
+            for pct in sorted(pcts):
+                rank = (n * pct + 99) // 100
+                while cum + vals[i][1] < rank:
+                    cum += vals[i][1]
+                    i += 1
+                res[pct] = vals[i][0]
+            out[k] = res
+        return out
 
-    def latency_buckets(self, since_ts, width_s, column, agent=None):
+    def percentile_by(self, column, pct, since_ts, agent=None, value="duration_ms"):
+        """One nearest-rank percentile per `column` value -> {key: value}."""
+        return {k: v[pct] for k, v in self.percentiles_by(column, (pct,), since_ts, agent, value).items()}
+
+    def latency_buckets(self, since_ts, width_s, agent=None):
+        """Per time bucket, model and agent: turns, summed and maximum duration."""
         where, params = self._where(since_ts, agent)
         w = int(width_s * 1000)
         return self.query(
-            "SELECT (ts / %d) * %d AS t, %s AS k, COUNT(*) AS turns, AVG(duration_ms) AS avg_ms, "
+            "SELECT (ts / %d) * %d AS t, model, agent, COUNT(*) AS turns, SUM(duration_ms) AS sum_ms, "
             "MAX(duration_ms) AS max_ms FROM usage WHERE %s AND duration_ms IS NOT NULL "
-            "GROUP BY t, k ORDER BY t" % (w, w, column, where), params)
+            "GROUP BY t, +model, +agent" % (w, w, where), params)
 
     PROMPT_SQL = "(COALESCE(input_tokens, 0) + COALESCE(cache_read_tokens, 0) + COALESCE(cache_write_tokens, 0))"
 
@@ -486,8 +503,8 @@ class Store:
                          "SUM(%s * %s) AS sxx, SUM(duration_ms * duration_ms) AS syy FROM usage WHERE %s"
                          % (x, x, x, x, where), params)[0]
         step = max(1, -(-(agg["n"] or 0) // limit))
-        points = self.query("SELECT x, y FROM (SELECT %s AS x, duration_ms AS y, ROW_NUMBER() OVER (ORDER BY ts) AS rn "
-                            "FROM usage WHERE %s) WHERE rn %% %d = 0 LIMIT %d" % (x, where, step, limit), params)
+        points = self.query("SELECT %s AS x, duration_ms AS y FROM usage WHERE %s AND id %% %d = 0 LIMIT %d"
+                            % (x, where, step, limit), params)
         return agg, points
 
     def slowest(self, since_ts, threshold_ms, agent=None, limit=50):
@@ -500,16 +517,12 @@ class Store:
     STOP_SQL = ("CASE WHEN status >= 400 THEN 'error' WHEN stop_reason IS NOT NULL THEN stop_reason "
                 "WHEN error IS NOT NULL THEN 'error' ELSE 'unknown' END")
 
-    def stop_reasons(self, since_ts, agent=None):
-        where, params = self._where(since_ts, agent)
-        return self.query("SELECT %s AS reason, model, agent, COUNT(*) AS turns FROM usage WHERE %s "
-                          "GROUP BY reason, model, agent" % (self.STOP_SQL, where), params)
-
-    def stop_reason_buckets(self, since_ts, width_s, agent=None):
+    def stop_reason_rows(self, since_ts, width_s, agent=None):
+        """Turns per time bucket, stop reason (errors as 'error'), model and agent."""
         where, params = self._where(since_ts, agent)
         w = int(width_s * 1000)
-        return self.query("SELECT (ts / %d) * %d AS t, %s AS reason, COUNT(*) AS turns FROM usage WHERE %s "
-                          "GROUP BY t, reason ORDER BY t" % (w, w, self.STOP_SQL, where), params)
+        return self.query("SELECT (ts / %d) * %d AS t, %s AS reason, model, agent, COUNT(*) AS turns FROM usage "
+                          "WHERE %s GROUP BY t, reason, +model, +agent" % (w, w, self.STOP_SQL, where), params)
 
     def turns_with_stop(self, since_ts, reasons, agent=None, limit=20):
         where, params = self._where(since_ts, agent)
@@ -521,24 +534,34 @@ class Store:
     def tool_usage(self, since_ts, agent=None):
         """-> ({toolset tools JSON: turns carrying it}, {tool name: times called})."""
         where, params = self._where(since_ts, agent)
-        sets = self.query("SELECT s.tools AS tools, c.n AS turns FROM (SELECT toolset_id, COUNT(*) AS n FROM usage "
-                          "WHERE %s AND toolset_id IS NOT NULL GROUP BY toolset_id) c "
-                          "JOIN toolsets s ON s.id = c.toolset_id" % where, params)
-        calls = self.query("SELECT j.value AS name, COUNT(*) AS calls FROM usage, json_each(usage.tools_called) j "
-                           "WHERE %s AND usage.tools_called IS NOT NULL GROUP BY j.value" % where, params)
-        return sets, {r["name"]: r["calls"] for r in calls}
+        rows = self.query("SELECT toolset_id, tools_called, COUNT(*) AS n FROM usage WHERE %s AND "
+                          "(toolset_id IS NOT NULL OR tools_called IS NOT NULL) GROUP BY toolset_id, tools_called"
+                          % where, params)
+        per_set, calls = {}, {}
+        for r in rows:
+            if r["toolset_id"] is not None:
+                per_set[r["toolset_id"]] = per_set.get(r["toolset_id"], 0) + r["n"]
+            if r["tools_called"]:
+                for name in json.loads(r["tools_called"]):
+                    calls[name] = calls.get(name, 0) + r["n"]
+        sets = []
+        if per_set:
+            ids = sorted(per_set)
+            for s in self.query("SELECT id, tools FROM toolsets WHERE id IN (%s)" % ",".join("?" * len(ids)), ids):
+                sets.append({"tools": s["tools"], "turns": per_set[s["id"]]})
+        return sets, calls
 
     def session_turns(self, agent, since_ts, limit=200000):
-        """An agent's turns for the session history, oldest first."""
+        """An agent's newest `limit` turns since a time, oldest first (for the session history)."""
         return self.query(
             "SELECT id, timestamp, ts, status, error, conversation_history_chars, message_count, "
             "estimated_cost_usd, client_session_id, model FROM usage WHERE agent = ? AND timestamp >= ? "
-            "ORDER BY timestamp, id LIMIT ?", (agent, iso_utc(since_ts), int(limit)))
+            "ORDER BY timestamp DESC, id DESC LIMIT ?", (agent, iso_utc(since_ts), int(limit)))[::-1]
 
     def spend(self, since_ts, agent=None):
         """USD spent since a time: {agent: usd} (None key = all agents)."""
         where, params = self._where(since_ts, None)
-        rows = self.query("SELECT agent, SUM(estimated_cost_usd) AS usd FROM usage WHERE %s GROUP BY agent"
+        rows = self.query("SELECT agent, SUM(estimated_cost_usd) AS usd FROM usage WHERE %s GROUP BY +agent"
                           % where, params)
         out = {r["agent"]: r["usd"] or 0.0 for r in rows}
         out[None] = sum(out.values())
@@ -602,7 +625,7 @@ class Store:
                    MIN(timestamp) AS first_turn,
                    MAX(timestamp) AS last_turn
             FROM usage WHERE timestamp >= ?
-            GROUP BY agent ORDER BY agent""" % COUNTS_SQL
+            GROUP BY +agent ORDER BY agent""" % COUNTS_SQL
         rows = self.query(sql, [iso_utc(time.time() - hours * 3600)])
         for row in rows:
             for key in ("avg_input_tokens", "avg_system_chars", "avg_history_chars",
