@@ -1631,7 +1631,7 @@ def split_sessions(rows, resets):
             sessions.append({
                 "client_session_id": sid, "started": turns[0]["timestamp"], "last_turn": turns[-1]["timestamp"],
                 "turns": len(turns), "peak_history_chars": max(t["conversation_history_chars"] for t in turns),
-                "cost_usd": _round(sum(costs)) if costs else None,
+                "cost_usd": _r(sum(costs)) if costs else None,
                 "duration_s": round((turns[-1]["ts"] - turns[0]["ts"]) / 1000.0, 3),
                 "failed_turns": sum(1 for t in turns if (t["status"] or 0) >= 400 or t["error"]),
                 "ended_by": "fresh_start" if k < len(segments) - 1 else None, "_epoch": epoch,
@@ -1656,8 +1656,9 @@ def split_sessions(rows, resets):
     return sessions
 
 
-def _round(value, digits=6):
-    return round(value, digits) if value is not None else None
+def _r(value, digits=6):
+    """Round floats for JSON; anything else as it is."""
+    return round(value, digits) if isinstance(value, float) else value
 
 
 class Sessions:
@@ -1703,7 +1704,7 @@ class Sessions:
                 return out
             out.update(current_session_turns=0, current_history_chars=0, current_history_tokens=0,
                        last_turn_cost=None, avg_cost_last_5=None, cache_write_pct_last_5=None,
-                       cost_since_last_reset=_round(self._sum_cost(since_reset)),
+                       cost_since_last_reset=_r(self._sum_cost(since_reset)),
                        turns_since_last_reset=len(since_reset), recommendation="no_data", source="log",
                        session_started=None, client_session_id=None)
             return out
@@ -1717,10 +1718,10 @@ class Sessions:
             current_history_chars=history,
             current_history_tokens=history // CHARS_PER_TOKEN,
             last_turn_cost=session[-1]["estimated_cost_usd"],
-            avg_cost_last_5=_round(sum(costs) / len(costs)) if costs else None,
+            avg_cost_last_5=_r(sum(costs) / len(costs)) if costs else None,
             cache_write_pct_last_5=round(writes / (reads + writes), 4) if reads + writes else None,
-            session_cost=_round(self._sum_cost(session)),
-            cost_since_last_reset=_round(self._sum_cost(since_reset)),
+            session_cost=_r(self._sum_cost(session)),
+            cost_since_last_reset=_r(self._sum_cost(since_reset)),
             turns_since_last_reset=len(since_reset),
             recommendation=recommendation(history, limit),
             session_started=session[0]["timestamp"],
@@ -2219,33 +2220,20 @@ def _window(app, query, max_buckets=120):
     return since, hours, width
 
 
+TOTAL_FIELDS = ("turns", "cost_usd", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
+                "cost_input_usd", "cost_output_usd", "cost_cache_read_usd", "cost_cache_write_usd",
+                "cache_savings_usd", "failed_turns", "unpriced_turns", "turns_without_usage", "max_history_chars")
+
+
 def _totals_view(t):
-    out = dict(t)
+    """tokenspy_db aggregates -> the overview's totals (derived shares and averages)."""
+    out = {k: _r(t.get(k), 8) for k in TOTAL_FIELDS}
     prompt = sum(out.get(k) or 0 for k in ("input_tokens", "cache_read_tokens", "cache_write_tokens"))
     out["prompt_tokens"] = prompt
     out["cache_efficiency"] = round((out.get("cache_read_tokens") or 0) / prompt, 4) if prompt else None
-    out["cost_per_turn"] = round(out["cost_usd"] / out["turns"], 8) if out.get("cost_usd") is not None and out["turns"] else None
-    for key, value in out.items():
-        if isinstance(value, float):
-            out[key] = round(value, 8)
-    return out
-
-
-def _combine_totals(groups):
-    """Totals of several groups' aggregates (sums add, maxima max, averages weigh by turns)."""
-    out = {"turns": sum(g["turns"] for g in groups), "cost_usd": None}
-    for key in groups[0] if groups else ():
-        if key in ("agent", "model", "turns"):
-            continue
-        values = [(g[key], g["turns"]) for g in groups if g[key] is not None]
-        if not values:
-            out[key] = None
-        elif key.startswith("max_"):
-            out[key] = max(v for v, _ in values)
-        elif key.startswith("avg_"):
-            out[key] = sum(v * t for v, t in values) / sum(t for _, t in values)
-        else:
-            out[key] = sum(v for v, _ in values)
+    out["cost_per_turn"] = (round(out["cost_usd"] / t["priced_turns"], 8)
+                            if out["cost_usd"] is not None and t.get("priced_turns") else None)
+    out["avg_duration_ms"] = round(t["dur_sum"] / t["dur_n"], 1) if t.get("dur_n") else None
     return out
 
 
@@ -2253,11 +2241,11 @@ def api_overview(app, query, body):
     """Everything the dashboard's cards and charts need, bucketed by the server."""
     agent = _agent_param(query)
     since, hours, width = _window(app, query)
-    groups = app.store.totals(since, agent, group_by="agent")
-    totals = _totals_view(_combine_totals(groups))
-    per_agent = [_totals_view(r) for r in groups]
-    for row in per_agent:
-        row["is_local_model"] = row["agent"] in app.config.local_model_agents
+    totals = _totals_view(app.store.totals(since, agent))
+    per_agent = []
+    for row in app.store.totals(since, agent, group_by="agent"):
+        per_agent.append(dict(_totals_view(row), agent=row["agent"],
+                              is_local_model=row["agent"] in app.config.local_model_agents))
     start = int(since // width) * width
     starts = list(range(start, int(time.time()) + 1, width))
     index = {t * 1000: i for i, t in enumerate(starts)}
@@ -2298,10 +2286,6 @@ STOP_CATEGORIES = {
 TRUNCATIONS = tuple(k for k, v in STOP_CATEGORIES.items() if v == "truncated")
 
 
-def _r(value, digits=6):
-    return round(value, digits) if isinstance(value, float) else value
-
-
 def api_models(app, query, body):
     """Feature 1: per model side by side."""
     since, hours, _ = _window(app, query)
@@ -2313,8 +2297,10 @@ def api_models(app, query, body):
         out.append({
             "model": row["model"], "provider": row["provider"], "turns": row["turns"],
             "cost_usd": _r(cost), "cost_per_turn": _r(cost / priced, 8) if cost is not None and priced else None,
-            "avg_duration_ms": _r(row["avg_duration_ms"], 1), "p95_duration_ms": row["p95_duration_ms"],
-            "avg_ttfb_ms": _r(row["avg_ttfb_ms"], 1), "avg_prompt_tokens": _r(row["avg_prompt_tokens"], 1),
+            "avg_duration_ms": round(row["dur_sum"] / row["dur_n"], 1) if row["dur_n"] else None,
+            "p95_duration_ms": row["p95_duration_ms"],
+            "avg_ttfb_ms": round(row["ttfb_sum"] / row["ttfb_n"], 1) if row["ttfb_n"] else None,
+            "avg_prompt_tokens": round(row["prompt_sum"] / row["prompt_n"], 1) if row["prompt_n"] else None,
             "output_tokens": row["output_tokens"],
             "cache_hit_share": round((row["cache_read_tokens"] or 0) / prompt, 4) if prompt else None,
             "output_tokens_per_dollar": round(row["priced_output_tokens"] / cost, 1)
@@ -2453,7 +2439,7 @@ def api_session_history(app, query, body):
         "resets_per_day": round(len([r for r in resets if r["reason"] in SESSION_ENDING_RESETS]) / days, 3),
         "avg_turns": round(sum(x["turns"] for x in finished) / len(finished), 2) if finished else None,
         "avg_duration_s": round(sum(x["duration_s"] for x in finished) / len(finished), 1) if finished else None,
-        "avg_cost_usd": _round(sum(costs) / len(costs)) if costs else None}}
+        "avg_cost_usd": _r(sum(costs) / len(costs)) if costs else None}}
 
 
 def api_budget(app, query, body):

@@ -24,10 +24,63 @@ BUSY_TIMEOUT_MS = 10000
 
 # How a turn counts as failed, unpriced or without usage: one definition for every query.
 FAILED_SQL = "(status >= 400 OR error IS NOT NULL)"
-COUNTS_SQL = ("SUM(CASE WHEN %s THEN 1 ELSE 0 END) AS failed_turns, "
-              "SUM(CASE WHEN estimated_cost_usd IS NULL AND usage_source != 'missing' THEN 1 ELSE 0 END) "
-              "AS unpriced_turns, "
-              "SUM(CASE WHEN usage_source = 'missing' THEN 1 ELSE 0 END) AS turns_without_usage" % FAILED_SQL)
+_PROMPT = "COALESCE(input_tokens, 0) + COALESCE(cache_read_tokens, 0) + COALESCE(cache_write_tokens, 0)"
+# The additive aggregates behind the dashboard, summary and model views: (name, SQL over
+# `usage`, how two partial results combine). The hourly rollup table has one column per
+# entry, filled by the same SQL, so a window read from raw rows and one read from the
+# rollup give the same numbers. Averages are sum / n, taken after combining.
+AGGREGATES = (
+    ("turns", "COUNT(*)", "sum"),
+    ("cost_usd", "SUM(estimated_cost_usd)", "sum"),
+    ("priced_turns", "COUNT(estimated_cost_usd)", "sum"),
+    ("priced_output_tokens", "SUM(CASE WHEN estimated_cost_usd IS NOT NULL THEN output_tokens END)", "sum"),
+    ("input_tokens", "SUM(input_tokens)", "sum"),
+    ("input_n", "COUNT(input_tokens)", "sum"),
+    ("output_tokens", "SUM(output_tokens)", "sum"),
+    ("cache_read_tokens", "SUM(cache_read_tokens)", "sum"),
+    ("cache_write_tokens", "SUM(cache_write_tokens)", "sum"),
+    ("cost_input_usd", "SUM(cost_input_usd)", "sum"),
+    ("cost_output_usd", "SUM(cost_output_usd)", "sum"),
+    ("cost_cache_read_usd", "SUM(cost_cache_read_usd)", "sum"),
+    ("cost_cache_write_usd", "SUM(cost_cache_write_usd)", "sum"),
+    ("cache_savings_usd", "SUM(cache_savings_usd)", "sum"),
+    ("failed_turns", "SUM(CASE WHEN %s THEN 1 ELSE 0 END)" % FAILED_SQL, "sum"),
+    ("unpriced_turns", "SUM(CASE WHEN estimated_cost_usd IS NULL AND usage_source != 'missing' THEN 1 ELSE 0 END)",
+     "sum"),
+    ("turns_without_usage", "SUM(CASE WHEN usage_source = 'missing' THEN 1 ELSE 0 END)", "sum"),
+    ("max_history_chars", "MAX(conversation_history_chars)", "max"),
+    ("max_input_tokens", "MAX(input_tokens)", "max"),
+    ("dur_sum", "SUM(duration_ms)", "sum"),
+    ("dur_n", "COUNT(duration_ms)", "sum"),
+    ("ttfb_sum", "SUM(ttfb_ms)", "sum"),
+    ("ttfb_n", "COUNT(ttfb_ms)", "sum"),
+    ("prompt_sum", "SUM(CASE WHEN usage_source != 'missing' THEN %s END)" % _PROMPT, "sum"),
+    ("prompt_n", "SUM(CASE WHEN usage_source != 'missing' THEN 1 ELSE 0 END)", "sum"),
+    ("sys_sum", "SUM(system_prompt_total_chars)", "sum"),
+    ("sys_n", "COUNT(system_prompt_total_chars)", "sum"),
+    ("hist_sum", "SUM(conversation_history_chars)", "sum"),
+    ("hist_n", "COUNT(conversation_history_chars)", "sum"),
+    ("skill_sum", "SUM(skill_injection_chars)", "sum"),
+    ("skill_n", "COUNT(skill_injection_chars)", "sum"),
+    ("base_sum", "SUM(base_prompt_chars)", "sum"),
+    ("base_n", "COUNT(base_prompt_chars)", "sum"),
+    ("provider", "MAX(provider)", "max"),
+    ("first_turn", "MIN(timestamp)", "min"),
+    ("last_turn", "MAX(timestamp)", "max"),
+)
+_AGG_SQL = ", ".join("%s AS %s" % (sql, name) for name, sql, _ in AGGREGATES)
+_TYPES = {"provider": "TEXT", "first_turn": "TEXT", "last_turn": "TEXT"}
+_MERGE = {"sum": "COALESCE({c} + excluded.{c}, {c}, excluded.{c})",
+          "max": "MAX(COALESCE({c}, excluded.{c}), COALESCE(excluded.{c}, {c}))",
+          "min": "MIN(COALESCE({c}, excluded.{c}), COALESCE(excluded.{c}, {c}))"}
+_ROLLUP_SUM = {"sum": "SUM", "max": "MAX", "min": "MIN"}
+# Upsert the turns with id in [?, ?] into the hourly rollup (same SQL as the raw path).
+ROLLUP_UPSERT = (
+    "INSERT INTO hourly (hour, agent, model, %s) SELECT (ts / 3600000) * 3600, agent, COALESCE(model, ''), %s "
+    "FROM usage WHERE id BETWEEN ? AND ? GROUP BY 1, 2, 3 ON CONFLICT (hour, agent, model) DO UPDATE SET %s" % (
+        ", ".join(n for n, _, _ in AGGREGATES), ", ".join(sql for _, sql, _ in AGGREGATES),
+        ", ".join("%s = %s" % (n, _MERGE[k].format(c=n)) for n, _, k in AGGREGATES)))
+ROLLUP_MIN_HOURS = 48            # windows at least this long read whole hours from the rollup
 
 # ---------------------------------------------------------------------------
 # Schema
@@ -164,6 +217,11 @@ MIGRATIONS = (
 )""",
         "CREATE INDEX idx_usage_model_timestamp ON usage(model, timestamp)",
     )),
+    ("hourly rollup", (
+        "CREATE TABLE hourly (hour INTEGER NOT NULL, agent TEXT NOT NULL, model TEXT NOT NULL, %s, "
+        "PRIMARY KEY (hour, agent, model))" % ", ".join("%s %s" % (n, _TYPES.get(n, "NUMERIC")) for n, _, _ in AGGREGATES),
+        ROLLUP_UPSERT.replace("id BETWEEN ? AND ?", "ts IS NOT NULL"),
+    )),
 )
 
 
@@ -261,6 +319,8 @@ class Store:
                             row["toolset_id"] = self._toolset(cur, row["tool_defs"])
                         cur.execute(self._insert_sql, tuple(row.get(c) for c in USAGE_COLUMNS))
                         ids.append(cur.lastrowid)
+                    if ids:
+                        cur.execute(ROLLUP_UPSERT, (ids[0], ids[-1]))
                     cur.execute("COMMIT")
                 except BaseException:
                     cur.execute("ROLLBACK")
@@ -396,63 +456,93 @@ class Store:
         t = self.query(sql, params)[0]["t"]
         return int(round(parse_iso(t) * 1000)) if t else None
 
-    TOTALS_SQL = """
-        COUNT(*) AS turns,
-        SUM(estimated_cost_usd) AS cost_usd,
-        SUM(input_tokens) AS input_tokens,
-        SUM(output_tokens) AS output_tokens,
-        SUM(cache_read_tokens) AS cache_read_tokens,
-        SUM(cache_write_tokens) AS cache_write_tokens,
-        SUM(cost_input_usd) AS cost_input_usd,
-        SUM(cost_output_usd) AS cost_output_usd,
-        SUM(cost_cache_read_usd) AS cost_cache_read_usd,
-        SUM(cost_cache_write_usd) AS cost_cache_write_usd,
-        SUM(cache_savings_usd) AS cache_savings_usd,
-        MAX(conversation_history_chars) AS max_history_chars,
-        AVG(duration_ms) AS avg_duration_ms,
-        """ + COUNTS_SQL
+    def aggregate(self, since_ts, agent=None, by=(), bucket_s=None):
+        """AGGREGATES over the turns since a time, grouped by columns of `by` ('agent',
+        'model') and, with bucket_s, by time bucket ('t', epoch ms). -> list of dicts.
+
+        Long windows read their whole hours from the hourly rollup and only the partial
+        hours at each end from raw rows: the same numbers, without scanning every turn.
+        """
+        now = time.time()
+        h0 = -(-int(since_ts) // 3600) * 3600
+        h1 = int(now) // 3600 * 3600
+        rollup = h1 - h0 >= ROLLUP_MIN_HOURS * 3600 and (bucket_s is None or bucket_s % 3600 == 0)
+        parts = []
+        if rollup:
+            parts += self._aggregate_raw(since_ts, h0, agent, by, bucket_s)
+            parts += self._aggregate_rollup(h0, h1, agent, by, bucket_s)
+            parts += self._aggregate_raw(h1, None, agent, by, bucket_s)
+        else:
+            parts = self._aggregate_raw(since_ts, None, agent, by, bucket_s)
+        keys = tuple(by) + (("t",) if bucket_s else ())
+        merged = {}
+        for row in parts:
+            key = tuple(row[k] for k in keys)
+            if key not in merged:
+                merged[key] = row
+                continue
+            into = merged[key]
+            for name, _, kind in AGGREGATES:
+                a, b = into[name], row[name]
+                if a is None or b is None:
+                    into[name] = a if b is None else b
+                elif kind == "sum":
+                    into[name] = a + b
+                else:
+                    into[name] = max(a, b) if kind == "max" else min(a, b)
+        return [merged[k] for k in sorted(merged, key=lambda k: tuple("" if v is None else v for v in k))]
+
+    def _aggregate_raw(self, since_ts, until_ts, agent, by, bucket_s):
+        where, params = self._where(since_ts, agent)
+        if until_ts is not None:
+            where += " AND timestamp < ?"
+            params.append(iso_utc(until_ts))
+        cols = ["%s AS %s" % (c, c) for c in by]
+        if bucket_s:
+            w = int(bucket_s * 1000)
+            cols.append("(ts / %d) * %d AS t" % (w, w))
+        group = ["+%s" % c for c in by] + (["t"] if bucket_s else [])
+        return self.query("SELECT %s FROM usage WHERE %s%s" % (
+            ", ".join(cols + [_AGG_SQL]), where, " GROUP BY " + ", ".join(group) if group else ""), params)
+
+    def _aggregate_rollup(self, h0, h1, agent, by, bucket_s):
+        where, params = "hour >= ? AND hour < ?", [h0, h1]
+        if agent:
+            where += " AND agent = ?"
+            params.append(agent)
+        cols = ["%s AS %s" % ("NULLIF(model, '')" if c == "model" else c, c) for c in by]
+        group = list(by)
+        if bucket_s:
+            w = int(bucket_s * 1000)
+            cols.append("(hour * 1000 / %d) * %d AS t" % (w, w))
+            group.append("t")
+        aggs = ", ".join("%s(%s) AS %s" % (_ROLLUP_SUM[k], n, n) for n, _, k in AGGREGATES)
+        rows = self.query("SELECT %s FROM hourly WHERE %s%s" % (
+            ", ".join(cols + [aggs]), where, " GROUP BY " + ", ".join(group) if group else ""), params)
+        return [r for r in rows if r["turns"]]
 
     def totals(self, since_ts, agent=None, group_by=None):
-        """Aggregates over turns since a time; grouped by a column ('agent', 'model') or not."""
-        where, params = self._where(since_ts, agent)
+        """Aggregates over turns since a time, grouped by 'agent' or 'model' (or not)."""
         if group_by not in (None, "agent", "model"):
             raise ValueError(group_by)
+        rows = self.aggregate(since_ts, agent, (group_by,) if group_by else ())
         if group_by:
-            return self.query("SELECT %s, %s FROM usage WHERE %s GROUP BY +%s ORDER BY %s"
-                              % (group_by, self.TOTALS_SQL, where, group_by, group_by), params)
-        return self.query("SELECT %s FROM usage WHERE %s" % (self.TOTALS_SQL, where), params)[0]
+            return rows
+        return rows[0] if rows else dict(dict.fromkeys(n for n, _, _ in AGGREGATES), turns=0)
 
     def buckets(self, since_ts, width_s, agent=None):
-        """Per time bucket and agent: turns, cost, tokens by type, max history."""
-        where, params = self._where(since_ts, agent)
-        w = int(width_s * 1000)
-        return self.query(
-            "SELECT (ts / %d) * %d AS t, agent, COUNT(*) AS turns, SUM(estimated_cost_usd) AS cost_usd, "
-            "SUM(input_tokens) AS input_tokens, SUM(output_tokens) AS output_tokens, "
-            "SUM(cache_read_tokens) AS cache_read_tokens, SUM(cache_write_tokens) AS cache_write_tokens, "
-            "MAX(conversation_history_chars) AS max_history_chars, "
-            "SUM(CASE WHEN %s THEN 1 ELSE 0 END) AS failed_turns "
-            "FROM usage WHERE %s GROUP BY t, agent ORDER BY t" % (w, w, FAILED_SQL, where), params)
+        """Per time bucket ('t', epoch ms) and agent: AGGREGATES."""
+        return self.aggregate(since_ts, agent, ("agent",), bucket_s=width_s)
 
     # -- roadmap analytics (each one GROUP BY over the window; see README for fields) ----
 
     def model_stats(self, since_ts, agent=None):
-        where, params = self._where(since_ts, agent)
-        rows = self.query("""
-            SELECT model, MAX(provider) AS provider, COUNT(*) AS turns,
-                   SUM(estimated_cost_usd) AS cost_usd,
-                   SUM(CASE WHEN estimated_cost_usd IS NOT NULL THEN 1 ELSE 0 END) AS priced_turns,
-                   SUM(CASE WHEN estimated_cost_usd IS NOT NULL THEN output_tokens END) AS priced_output_tokens,
-                   AVG(duration_ms) AS avg_duration_ms, AVG(ttfb_ms) AS avg_ttfb_ms,
-                   AVG(CASE WHEN usage_source != 'missing' THEN COALESCE(input_tokens, 0)
-                       + COALESCE(cache_read_tokens, 0) + COALESCE(cache_write_tokens, 0) END) AS avg_prompt_tokens,
-                   SUM(input_tokens) AS input_tokens, SUM(cache_read_tokens) AS cache_read_tokens,
-                   SUM(cache_write_tokens) AS cache_write_tokens, SUM(output_tokens) AS output_tokens,
-                   %s
-            FROM usage WHERE %s GROUP BY +model ORDER BY cost_usd DESC""" % (COUNTS_SQL, where), params)
+        """Per model: AGGREGATES plus the p95 duration, most expensive first."""
+        rows = self.aggregate(since_ts, agent, ("model",))
         p95 = self.percentile_by("model", 95, since_ts, agent)
         for row in rows:
             row["p95_duration_ms"] = p95.get(row["model"])
+        rows.sort(key=lambda r: -(r["cost_usd"] or 0))
         return rows
 
     def percentiles_by(self, column, pcts, since_ts, agent=None, value="duration_ms"):
@@ -606,30 +696,20 @@ class Store:
 
     def summary(self, hours=24):
         """Aggregates per agent over the last `hours` (earlier implementation's fields)."""
-        sql = """
-            SELECT agent,
-                   COUNT(*) AS turns,
-                   SUM(input_tokens) AS total_input_tokens,
-                   SUM(output_tokens) AS total_output_tokens,
-                   SUM(cache_read_tokens) AS total_cache_read,
-                   SUM(cache_write_tokens) AS total_cache_write,
-                   ROUND(SUM(estimated_cost_usd), 6) AS total_cost,
-                   ROUND(AVG(estimated_cost_usd), 6) AS avg_cost,
-                   AVG(input_tokens) AS avg_input_tokens,
-                   MAX(input_tokens) AS max_input_tokens,
-                   AVG(system_prompt_total_chars) AS avg_system_chars,
-                   AVG(conversation_history_chars) AS avg_history_chars,
-                   AVG(skill_injection_chars) AS avg_skill_chars,
-                   AVG(base_prompt_chars) AS avg_base_prompt_chars,
-                   %s,
-                   MIN(timestamp) AS first_turn,
-                   MAX(timestamp) AS last_turn
-            FROM usage WHERE timestamp >= ?
-            GROUP BY +agent ORDER BY agent""" % COUNTS_SQL
-        rows = self.query(sql, [iso_utc(time.time() - hours * 3600)])
-        for row in rows:
-            for key in ("avg_input_tokens", "avg_system_chars", "avg_history_chars",
-                        "avg_skill_chars", "avg_base_prompt_chars"):
-                if row[key] is not None:
-                    row[key] = round(row[key], 1)
-        return rows
+        out = []
+        for r in self.aggregate(time.time() - hours * 3600, by=("agent",)):
+            def avg(total, n):
+                return round(r[total] / r[n], 1) if r[n] else None
+            out.append({
+                "agent": r["agent"], "turns": r["turns"],
+                "total_input_tokens": r["input_tokens"], "total_output_tokens": r["output_tokens"],
+                "total_cache_read": r["cache_read_tokens"], "total_cache_write": r["cache_write_tokens"],
+                "total_cost": round(r["cost_usd"], 6) if r["cost_usd"] is not None else None,
+                "avg_cost": round(r["cost_usd"] / r["priced_turns"], 6) if r["priced_turns"] else None,
+                "avg_input_tokens": avg("input_tokens", "input_n"), "max_input_tokens": r["max_input_tokens"],
+                "avg_system_chars": avg("sys_sum", "sys_n"), "avg_history_chars": avg("hist_sum", "hist_n"),
+                "avg_skill_chars": avg("skill_sum", "skill_n"), "avg_base_prompt_chars": avg("base_sum", "base_n"),
+                "failed_turns": r["failed_turns"], "unpriced_turns": r["unpriced_turns"],
+                "turns_without_usage": r["turns_without_usage"],
+                "first_turn": r["first_turn"], "last_turn": r["last_turn"]})
+        return out
