@@ -2241,9 +2241,10 @@ def api_overview(app, query, body):
     """Everything the dashboard's cards and charts need, bucketed by the server."""
     agent = _agent_param(query)
     since, hours, width = _window(app, query)
-    totals = _totals_view(app.store.totals(since, agent))
+    groups = app.store.totals(since, agent, group_by="agent")
+    totals = _totals_view(app.store.merge(groups)[0] if groups else app.store.totals(since, agent))
     per_agent = []
-    for row in app.store.totals(since, agent, group_by="agent"):
+    for row in groups:
         per_agent.append(dict(_totals_view(row), agent=row["agent"],
                               is_local_model=row["agent"] in app.config.local_model_agents))
     start = int(since // width) * width

@@ -74,13 +74,15 @@ _MERGE = {"sum": "COALESCE({c} + excluded.{c}, {c}, excluded.{c})",
           "max": "MAX(COALESCE({c}, excluded.{c}), COALESCE(excluded.{c}, {c}))",
           "min": "MIN(COALESCE({c}, excluded.{c}), COALESCE(excluded.{c}, {c}))"}
 _ROLLUP_SUM = {"sum": "SUM", "max": "MAX", "min": "MIN"}
-# Upsert the turns with id in [?, ?] into the hourly rollup (same SQL as the raw path).
+# Upsert turns into the hourly rollup with the same SQL as the raw path (used by the
+# migration that creates it, and by the trigger that keeps it up to date).
 ROLLUP_UPSERT = (
     "INSERT INTO hourly (hour, agent, model, %s) SELECT (ts / 3600000) * 3600, agent, COALESCE(model, ''), %s "
     "FROM usage WHERE id BETWEEN ? AND ? GROUP BY 1, 2, 3 ON CONFLICT (hour, agent, model) DO UPDATE SET %s" % (
         ", ".join(n for n, _, _ in AGGREGATES), ", ".join(sql for _, sql, _ in AGGREGATES),
         ", ".join("%s = %s" % (n, _MERGE[k].format(c=n)) for n, _, k in AGGREGATES)))
-ROLLUP_MIN_HOURS = 48            # windows at least this long read whole hours from the rollup
+ROLLUP_MIN_HOURS = 48            # bucketed series at least this long read whole hours from the rollup
+ROLLUP_MIN_HOURS_TOTALS = 3      # so do plain totals (no time buckets)
 
 # ---------------------------------------------------------------------------
 # Schema
@@ -221,6 +223,10 @@ MIGRATIONS = (
         "CREATE TABLE hourly (hour INTEGER NOT NULL, agent TEXT NOT NULL, model TEXT NOT NULL, %s, "
         "PRIMARY KEY (hour, agent, model))" % ", ".join("%s %s" % (n, _TYPES.get(n, "NUMERIC")) for n, _, _ in AGGREGATES),
         ROLLUP_UPSERT.replace("id BETWEEN ? AND ?", "ts IS NOT NULL"),
+        # Every insert keeps the rollup (and ts) right, whoever writes the row.
+        "CREATE TRIGGER usage_rollup AFTER INSERT ON usage BEGIN "
+        "UPDATE usage SET ts = CAST(ROUND((julianday(NEW.timestamp) - 2440587.5) * 86400000) AS INTEGER) "
+        "WHERE id = NEW.id AND NEW.ts IS NULL; %s; END" % ROLLUP_UPSERT.replace("id BETWEEN ? AND ?", "id = NEW.id"),
     )),
 )
 
@@ -319,8 +325,6 @@ class Store:
                             row["toolset_id"] = self._toolset(cur, row["tool_defs"])
                         cur.execute(self._insert_sql, tuple(row.get(c) for c in USAGE_COLUMNS))
                         ids.append(cur.lastrowid)
-                    if ids:
-                        cur.execute(ROLLUP_UPSERT, (ids[0], ids[-1]))
                     cur.execute("COMMIT")
                 except BaseException:
                     cur.execute("ROLLBACK")
@@ -466,7 +470,10 @@ class Store:
         now = time.time()
         h0 = -(-int(since_ts) // 3600) * 3600
         h1 = int(now) // 3600 * 3600
-        rollup = h1 - h0 >= ROLLUP_MIN_HOURS * 3600 and (bucket_s is None or bucket_s % 3600 == 0)
+        if bucket_s is None:
+            rollup = h1 - h0 >= ROLLUP_MIN_HOURS_TOTALS * 3600
+        else:
+            rollup = h1 - h0 >= ROLLUP_MIN_HOURS * 3600 and bucket_s % 3600 == 0
         parts = []
         if rollup:
             parts += self._aggregate_raw(since_ts, h0, agent, by, bucket_s)
@@ -474,12 +481,16 @@ class Store:
             parts += self._aggregate_raw(h1, None, agent, by, bucket_s)
         else:
             parts = self._aggregate_raw(since_ts, None, agent, by, bucket_s)
-        keys = tuple(by) + (("t",) if bucket_s else ())
+        return self.merge(parts, tuple(by) + (("t",) if bucket_s else ()))
+
+    @staticmethod
+    def merge(parts, keys=()):
+        """Combine partial AGGREGATES rows that share the values of `keys`, sorted by them."""
         merged = {}
         for row in parts:
             key = tuple(row[k] for k in keys)
             if key not in merged:
-                merged[key] = row
+                merged[key] = dict(row)
                 continue
             into = merged[key]
             for name, _, kind in AGGREGATES:

@@ -60,8 +60,8 @@ class RollupTest(unittest.TestCase):
         self.tmp.cleanup()
 
     def both(self, **kw):
-        with mock.patch.object(tokenspy_db, "ROLLUP_MIN_HOURS", 10 ** 9):   # raw rows only
-            raw = self.store.aggregate(**kw)
+        with mock.patch.multiple(tokenspy_db, ROLLUP_MIN_HOURS=10 ** 9, ROLLUP_MIN_HOURS_TOTALS=10 ** 9):
+            raw = self.store.aggregate(**kw)                                  # raw rows only
         with mock.patch.object(self.store, "_aggregate_rollup", wraps=self.store._aggregate_rollup) as spy:
             rolled = self.store.aggregate(**kw)
         return raw, rolled, spy.call_count
@@ -79,10 +79,11 @@ class RollupTest(unittest.TestCase):
     def test_every_grouping_matches_the_raw_scan(self):
         since = self.now - 5 * 86400 - 1234.5          # a window starting mid-hour
         cases = [dict(by=()), dict(by=("agent",)), dict(by=("model",)), dict(by=("agent",), bucket_s=6 * 3600),
-                 dict(by=(), agent="b"), dict(by=("model",), agent="c", bucket_s=86400)]
+                 dict(by=(), agent="b"), dict(by=("model",), agent="c", bucket_s=86400),
+                 dict(by=("agent",), since_ts=self.now - 5 * 3600 - 600)]           # totals of a short window
         for case in cases:
             with self.subTest(**case):
-                raw, rolled, calls = self.both(since_ts=since, **case)
+                raw, rolled, calls = self.both(**dict(dict(since_ts=since), **case))
                 self.assertEqual(calls, 1, "the rollup was not used")
                 self.assertTrue(raw and raw[0]["turns"])
                 self.assert_same(raw, rolled)
@@ -92,11 +93,23 @@ class RollupTest(unittest.TestCase):
         self.assertEqual(total["turns"], expected)
 
     def test_short_windows_and_sub_hour_buckets_read_raw_rows(self):
-        for case in (dict(since_ts=self.now - 3600), dict(since_ts=self.now - 5 * 86400, bucket_s=1800, by=("agent",))):
+        for case in (dict(since_ts=self.now - 2 * 3600), dict(since_ts=self.now - 5 * 86400, bucket_s=1800, by=("agent",)),
+                     dict(since_ts=self.now - 24 * 3600, bucket_s=3600, by=("agent",))):
             with self.subTest(**case):
                 raw, rolled, calls = self.both(**case)
                 self.assertEqual(calls, 0)
                 self.assert_same(raw, rolled)
+
+    def test_rows_written_by_anyone_reach_the_rollup(self):
+        conn = sqlite3.connect(self.store.path)
+        conn.execute("INSERT INTO usage (timestamp, agent, model, status, usage_source, input_tokens) "
+                     "VALUES (?, 'outsider', 'm9', 200, 'provider', 42)", (tokenspy_db.iso_utc(self.now - 7200),))
+        conn.commit()
+        conn.close()
+        row = self.store.query("SELECT ts FROM usage WHERE agent = 'outsider'")[0]
+        self.assertEqual(row["ts"] // 1000, int(self.now - 7200))                 # ts filled in
+        rolled = self.store.query("SELECT turns, input_tokens FROM hourly WHERE agent = 'outsider'")
+        self.assertEqual(rolled, [{"turns": 1, "input_tokens": 42}])
 
     def test_upgrade_fills_the_rollup_from_existing_turns(self):
         path = self.store.path
@@ -104,6 +117,7 @@ class RollupTest(unittest.TestCase):
         self.store.close()
         conn = sqlite3.connect(path)
         conn.execute("DROP TABLE hourly")
+        conn.execute("DROP TRIGGER usage_rollup")
         conn.execute("PRAGMA user_version = %d" % (len(tokenspy_db.MIGRATIONS) - 1))
         conn.commit()
         conn.close()
