@@ -81,6 +81,25 @@ ROLLUP_UPSERT = (
     "FROM usage WHERE id BETWEEN ? AND ? GROUP BY 1, 2, 3 ON CONFLICT (hour, agent, model) DO UPDATE SET %s" % (
         ", ".join(n for n, _, _ in AGGREGATES), ", ".join(sql for _, sql, _ in AGGREGATES),
         ", ".join("%s = %s" % (n, _MERGE[k].format(c=n)) for n, _, k in AGGREGATES)))
+# Why a turn ended, errors first.
+STOP_SQL = ("CASE WHEN status >= 400 THEN 'error' WHEN stop_reason IS NOT NULL THEN stop_reason "
+            "WHEN error IS NOT NULL THEN 'error' ELSE 'unknown' END")
+# Counting rollups: table -> the columns it counts turns by per hour and agent, as
+# (name, SQL over usage, the value standing for NULL). Same trigger, same idea.
+COUNT_ROLLUPS = {
+    "hourly_stops": (("model", "model", ""), ("reason", STOP_SQL, "")),
+    "hourly_tools": (("toolset_id", "toolset_id", 0), ("tools_called", "tools_called", "")),
+}
+
+
+def _count_upsert(table, where):
+    dims = COUNT_ROLLUPS[table]
+    return ("INSERT INTO %s (hour, agent, %s, turns) SELECT (ts / 3600000) * 3600, agent, %s, COUNT(*) "
+            "FROM usage WHERE %s GROUP BY 1, 2, %s ON CONFLICT (hour, agent, %s) DO UPDATE SET turns = turns + excluded.turns"
+            % (table, ", ".join(n for n, _, _ in dims), ", ".join("COALESCE(%s, %r)" % (sql, null) for _, sql, null in dims),
+               where, ", ".join(str(i + 3) for i in range(len(dims))), ", ".join(n for n, _, _ in dims)))
+
+
 ROLLUP_MIN_HOURS = 48            # bucketed series at least this long read whole hours from the rollup
 ROLLUP_MIN_HOURS_TOTALS = 3      # so do plain totals (no time buckets)
 
@@ -224,9 +243,18 @@ MIGRATIONS = (
         "PRIMARY KEY (hour, agent, model))" % ", ".join("%s %s" % (n, _TYPES.get(n, "NUMERIC")) for n, _, _ in AGGREGATES),
         ROLLUP_UPSERT.replace("id BETWEEN ? AND ?", "ts IS NOT NULL"),
         # Every insert keeps the rollup (and ts) right, whoever writes the row.
+    ) + tuple(
+        "CREATE TABLE %s (hour INTEGER NOT NULL, agent TEXT NOT NULL, %s, turns INTEGER NOT NULL, "
+        "PRIMARY KEY (hour, agent, %s))" % (table, ", ".join("%s NOT NULL" % n for n, _, _ in dims),
+                                           ", ".join(n for n, _, _ in dims))
+        for table, dims in COUNT_ROLLUPS.items()
+    ) + tuple(_count_upsert(table, "ts IS NOT NULL") for table in COUNT_ROLLUPS) + (
+        # Every insert keeps the rollups (and ts) right, whoever writes the row.
         "CREATE TRIGGER usage_rollup AFTER INSERT ON usage BEGIN "
         "UPDATE usage SET ts = CAST(ROUND((julianday(NEW.timestamp) - 2440587.5) * 86400000) AS INTEGER) "
-        "WHERE id = NEW.id AND NEW.ts IS NULL; %s; END" % ROLLUP_UPSERT.replace("id BETWEEN ? AND ?", "id = NEW.id"),
+        "WHERE id = NEW.id AND NEW.ts IS NULL; %s; %s END" % (
+            ROLLUP_UPSERT.replace("id BETWEEN ? AND ?", "id = NEW.id"),
+            " ".join(_count_upsert(t, "id = NEW.id") + ";" for t in COUNT_ROLLUPS)),
     )),
 )
 
@@ -615,15 +643,56 @@ class Store:
             "output_tokens FROM usage WHERE %s AND duration_ms > ? ORDER BY duration_ms DESC LIMIT ?"
             % (self.PROMPT_SQL, where), params + [threshold_ms, limit])
 
-    STOP_SQL = ("CASE WHEN status >= 400 THEN 'error' WHEN stop_reason IS NOT NULL THEN stop_reason "
-                "WHEN error IS NOT NULL THEN 'error' ELSE 'unknown' END")
+
+    def counts(self, table, since_ts, agent=None, bucket_s=None):
+        """Turns per agent and COUNT_ROLLUPS[table] columns (and time bucket 't'), from raw
+        rows or, for long windows, whole hours of the rollup plus the edges."""
+        dims = COUNT_ROLLUPS[table]
+        now = time.time()
+        h0, h1 = -(-int(since_ts) // 3600) * 3600, int(now) // 3600 * 3600
+        use = h1 - h0 >= ROLLUP_MIN_HOURS * 3600 and (bucket_s is None or bucket_s % 3600 == 0)
+        w = int(bucket_s * 1000) if bucket_s else None
+        t_raw = ["(ts / %d) * %d AS t" % (w, w)] if w else []
+        t_up = ["(hour * 1000 / %d) * %d AS t" % (w, w)] if w else []
+        group = ", ".join(["agent"] + [n for n, _, _ in dims] + (["t"] if w else []))
+        parts = []
+
+        def raw(lo, hi):
+            where, params = self._where(lo, agent)
+            if hi is not None:
+                where += " AND timestamp < ?"
+                params.append(iso_utc(hi))
+            cols = ["agent"] + ["COALESCE(%s, %r) AS %s" % (sql, null, n) for n, sql, null in dims] + t_raw
+            parts.extend(self.query("SELECT %s, COUNT(*) AS turns FROM usage WHERE %s GROUP BY %s"
+                                    % (", ".join(cols), where, group), params))
+        if use:
+            raw(since_ts, h0)
+            where, params = "hour >= ? AND hour < ?", [h0, h1]
+            if agent:
+                where += " AND agent = ?"
+                params.append(agent)
+            parts.extend(self.query("SELECT %s, SUM(turns) AS turns FROM %s WHERE %s GROUP BY %s" % (
+                ", ".join(["agent"] + [n for n, _, _ in dims] + t_up), table, where, group), params))
+            raw(h1, None)
+        else:
+            raw(since_ts, None)
+        merged = {}
+        for row in parts:
+            key = tuple(row[k] for k in row if k != "turns")
+            if key in merged:
+                merged[key]["turns"] += row["turns"]
+            else:
+                merged[key] = dict(row)
+        out = list(merged.values())
+        for row in out:
+            for n, _, null in dims:
+                if row[n] == null:
+                    row[n] = None
+        return out
 
     def stop_reason_rows(self, since_ts, width_s, agent=None):
         """Turns per time bucket, stop reason (errors as 'error'), model and agent."""
-        where, params = self._where(since_ts, agent)
-        w = int(width_s * 1000)
-        return self.query("SELECT (ts / %d) * %d AS t, %s AS reason, model, agent, COUNT(*) AS turns FROM usage "
-                          "WHERE %s GROUP BY t, reason, +model, +agent" % (w, w, self.STOP_SQL, where), params)
+        return self.counts("hourly_stops", since_ts, agent, width_s)
 
     def turns_with_stop(self, since_ts, reasons, agent=None, limit=20):
         where, params = self._where(since_ts, agent)
@@ -634,10 +703,7 @@ class Store:
 
     def tool_usage(self, since_ts, agent=None):
         """-> ({toolset tools JSON: turns carrying it}, {tool name: times called})."""
-        where, params = self._where(since_ts, agent)
-        rows = self.query("SELECT toolset_id, tools_called, COUNT(*) AS n FROM usage WHERE %s AND "
-                          "(toolset_id IS NOT NULL OR tools_called IS NOT NULL) GROUP BY toolset_id, tools_called"
-                          % where, params)
+        rows = [dict(r, n=r["turns"]) for r in self.counts("hourly_tools", since_ts, agent)]
         per_set, calls = {}, {}
         for r in rows:
             if r["toolset_id"] is not None:

@@ -42,6 +42,9 @@ def make_rows(n, now, days, seed=7):
             "ttfb_ms": rng.randint(5, 3000), "conversation_history_chars": rng.randint(0, 400000),
             "system_prompt_total_chars": rng.randint(0, 30000), "skill_injection_chars": rng.randint(0, 3000),
             "base_prompt_chars": rng.randint(0, 9000),
+            "stop_reason": rng.choice(["end_turn", "tool_use", "max_tokens", None]),
+            "tools_called": rng.choice([None, '["bash"]', '["bash", "edit"]']),
+            "tool_defs": rng.choice([None, [("bash", 300), ("edit", 120)], [("read", 90)]]),
         })
     return rows
 
@@ -92,6 +95,21 @@ class RollupTest(unittest.TestCase):
                                     (tokenspy_db.iso_utc(since),))[0]["n"]
         self.assertEqual(total["turns"], expected)
 
+    def test_counting_rollups_match_the_raw_scan(self):
+        since = self.now - 5 * 86400 - 777
+        for table, bucket in (("hourly_stops", 6 * 3600), ("hourly_stops", None), ("hourly_tools", None)):
+            for agent in (None, "a"):
+                with self.subTest(table=table, bucket=bucket, agent=agent):
+                    with mock.patch.object(tokenspy_db, "ROLLUP_MIN_HOURS", 10 ** 9):
+                        raw = self.store.counts(table, since, agent, bucket)
+                    rolled = self.store.counts(table, since, agent, bucket)
+                    key = lambda r: tuple(str(r[k]) for k in sorted(r))
+                    self.assertEqual(sorted(raw, key=key), sorted(rolled, key=key))
+                    self.assertGreater(sum(r["turns"] for r in raw), 500)
+        stops = self.store.counts("hourly_stops", since)
+        self.assertTrue(any(r["reason"] == "error" for r in stops))   # 529s count as errors
+        self.assertTrue(any(r["model"] is None for r in stops))       # NULL model stays None
+
     def test_short_windows_and_sub_hour_buckets_read_raw_rows(self):
         for case in (dict(since_ts=self.now - 2 * 3600), dict(since_ts=self.now - 5 * 86400, bucket_s=1800, by=("agent",)),
                      dict(since_ts=self.now - 24 * 3600, bucket_s=3600, by=("agent",))):
@@ -116,7 +134,8 @@ class RollupTest(unittest.TestCase):
         expected = self.store.query("SELECT * FROM hourly ORDER BY hour, agent, model")
         self.store.close()
         conn = sqlite3.connect(path)
-        conn.execute("DROP TABLE hourly")
+        for table in ("hourly", "hourly_stops", "hourly_tools"):
+            conn.execute("DROP TABLE %s" % table)
         conn.execute("DROP TRIGGER usage_rollup")
         conn.execute("PRAGMA user_version = %d" % (len(tokenspy_db.MIGRATIONS) - 1))
         conn.commit()
