@@ -2021,7 +2021,8 @@ class Budgets:
         settings = self.app.settings.read()
         agents = set(self.app.sessions.known_agents())
         out = {"warning_at": BUDGET_WARNING, "webhook_configured": bool(settings["budget_webhook_url"]),
-               "periods": {}, "alerts": self.app.store.alerts(now - 86400 * 7, limit=20)}
+               "periods": {}, "alerts": [dict(a, payload=json.loads(a["payload"]))
+                                          for a in self.app.store.alerts(now - 86400 * 7, limit=20)]}
         for period, key in BUDGET_PERIODS:
             start, end = self.window(period, now)
             spend = self.app.store.spend(start)

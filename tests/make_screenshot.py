@@ -3,7 +3,8 @@
     python3 tests/make_screenshot.py [--out docs/dashboard.png] [--width 1400] [--serve SECONDS]
 
 Starts a FakeUpstream and a Token Spy on a temporary database, fills it the way
-tests/test_dashboard.py does (plus a day of synthetic history), opens /dashboard in
+tests/test_dashboard_roadmap.py does (plus a day of synthetic history: tools, stop
+reasons, an automatic session reset, budgets over and in warning), opens /dashboard in
 headless Chromium (Chart.js from the local copy, as in the tests) and saves the page.
 With --serve, it then keeps Token Spy running that many seconds for a look by hand.
 """
@@ -17,9 +18,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 from tests import test_dashboard as td  # noqa: E402
+from tests.test_dashboard_roadmap import RoadmapData  # noqa: E402
 
 
-class Demo(td.DashboardData):
+class Demo(RoadmapData):
     history_rows = 900
     history_end_ago = 240
     with_probe = False
@@ -55,6 +57,12 @@ def main(argv=None):
         url = "http://127.0.0.1:%d/dashboard%s" % (demo.app.port, args.fragment)
         page.goto(url)
         page.wait_for_selector("body[data-loaded]")
+        page.wait_for_function("() => Number(document.body.dataset.roadmap || 0) > 0")
+        # the session history of the agent whose session was reset automatically
+        draws = page.get_attribute("section[data-view='session-history']", "data-draws")
+        page.select_option("#history-agent", "openclaw")
+        page.wait_for_function("n => document.querySelector(\"section[data-view='session-history']\").dataset.draws !== n",
+                               arg=draws)
         page.wait_for_timeout(300)
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         page.screenshot(path=args.out, full_page=True)
