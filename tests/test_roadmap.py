@@ -544,7 +544,7 @@ class WebhookTests(RoadmapCase):
         listed = self.get_json("/api/budget")
         self.assertTrue(listed["webhook_configured"])
         self.assertEqual(len(listed["alerts"]), 4)
-        self.assertEqual(json.loads(listed["alerts"][0]["payload"])["event"], "budget_exceeded")
+        self.assertEqual(listed["alerts"][0]["payload"]["event"], "budget_exceeded")
 
     def test_two_instances_sharing_the_database_send_one(self):
         avoid_hour_edge()
