@@ -2226,6 +2226,12 @@ TOTAL_FIELDS = ("turns", "cost_usd", "input_tokens", "output_tokens", "cache_rea
                 "cache_savings_usd", "failed_turns", "unpriced_turns", "turns_without_usage", "max_history_chars")
 
 
+def _bucket_starts(since, width):
+    """Bucket start times (epoch s) from `since` to now, and epoch ms -> position."""
+    starts = list(range(int(since // width) * width, int(time.time()) + 1, width))
+    return starts, {t * 1000: i for i, t in enumerate(starts)}
+
+
 def _totals_view(t):
     """tokenspy_db aggregates -> the overview's totals (derived shares and averages)."""
     out = {k: _r(t.get(k), 8) for k in TOTAL_FIELDS}
@@ -2248,9 +2254,7 @@ def api_overview(app, query, body):
     for row in groups:
         per_agent.append(dict(_totals_view(row), agent=row["agent"],
                               is_local_model=row["agent"] in app.config.local_model_agents))
-    start = int(since // width) * width
-    starts = list(range(start, int(time.time()) + 1, width))
-    index = {t * 1000: i for i, t in enumerate(starts)}
+    starts, index = _bucket_starts(since, width)
     fields = ("turns", "cost_usd", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
               "max_history_chars", "failed_turns")
     series = {}
@@ -2317,9 +2321,7 @@ def api_latency(app, query, body):
     agent = _agent_param(query)
     since, hours, width = _window(app, query)
     pcts = app.store.percentiles_by(None, (50, 95), since, agent).get(None, {50: None, 95: None})
-    start = int(since // width) * width
-    starts = list(range(start, int(time.time()) + 1, width))
-    index = {t * 1000: i for i, t in enumerate(starts)}
+    starts, index = _bucket_starts(since, width)
     series = {}
     acc = {"model": {}, "agent": {}}
     for row in app.store.latency_buckets(since, width, agent):
@@ -2359,9 +2361,7 @@ def api_stop_reasons(app, query, body):
     agent = _agent_param(query)
     since, hours, width = _window(app, query)
     totals, by_model, by_agent = {}, {}, {}
-    start = int(since // width) * width
-    starts = list(range(start, int(time.time()) + 1, width))
-    index = {t * 1000: i for i, t in enumerate(starts)}
+    starts, index = _bucket_starts(since, width)
     series = {}
     for row in app.store.stop_reason_rows(since, width, agent):
         reason, n = row["reason"], row["turns"]
