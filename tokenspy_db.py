@@ -663,7 +663,8 @@ class Store:
                 where += " AND timestamp < ?"
                 params.append(iso_utc(hi))
             cols = ["agent"] + ["COALESCE(%s, %r) AS %s" % (sql, null, n) for n, sql, null in dims] + t_raw
-            parts.extend(self.query("SELECT %s, COUNT(*) AS turns FROM usage WHERE %s GROUP BY %s"
+            # '+agent': group without walking the agent index (it would read every turn)
+            parts.extend(self.query("SELECT %s, COUNT(*) AS turns FROM usage WHERE %s GROUP BY +%s"
                                     % (", ".join(cols), where, group), params))
         if use:
             raw(since_ts, h0)
