@@ -100,6 +100,7 @@ def _count_upsert(table, where):
                where, ", ".join(str(i + 3) for i in range(len(dims))), ", ".join(n for n, _, _ in dims)))
 
 
+ROLLUP_BATCH = (ROLLUP_UPSERT,) + tuple(_count_upsert(t, "id BETWEEN ? AND ?") for t in COUNT_ROLLUPS)
 ROLLUP_MIN_HOURS = 48            # bucketed series at least this long read whole hours from the rollup
 ROLLUP_MIN_HOURS_TOTALS = 3      # so do plain totals (no time buckets)
 
@@ -249,8 +250,9 @@ MIGRATIONS = (
                                            ", ".join(n for n, _, _ in dims))
         for table, dims in COUNT_ROLLUPS.items()
     ) + tuple(_count_upsert(table, "ts IS NOT NULL") for table in COUNT_ROLLUPS) + (
-        # Every insert keeps the rollups (and ts) right, whoever writes the row.
-        "CREATE TRIGGER usage_rollup AFTER INSERT ON usage BEGIN "
+        # Rows written without ts (by anything but Store.insert_turns, which rolls up its
+        # whole batch at once) get ts and their rollups here.
+        "CREATE TRIGGER usage_rollup AFTER INSERT ON usage WHEN NEW.ts IS NULL BEGIN "
         "UPDATE usage SET ts = CAST(ROUND((julianday(NEW.timestamp) - 2440587.5) * 86400000) AS INTEGER) "
         "WHERE id = NEW.id AND NEW.ts IS NULL; %s; %s END" % (
             ROLLUP_UPSERT.replace("id BETWEEN ? AND ?", "id = NEW.id"),
@@ -353,6 +355,9 @@ class Store:
                             row["toolset_id"] = self._toolset(cur, row["tool_defs"])
                         cur.execute(self._insert_sql, tuple(row.get(c) for c in USAGE_COLUMNS))
                         ids.append(cur.lastrowid)
+                    if ids:                  # one transaction, one writer: the ids are a range
+                        for sql in ROLLUP_BATCH:
+                            cur.execute(sql, (ids[0], ids[-1]))
                     cur.execute("COMMIT")
                 except BaseException:
                     cur.execute("ROLLBACK")
