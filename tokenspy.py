@@ -1060,10 +1060,11 @@ class Recorder(threading.Thread):
 
     MAX_PENDING = 100000
     BATCH = 500
+    BATCH_WINDOW = 0.05          # seconds
     # Flows waiting to be read. Only a CPU-saturated process gets here (a failing database
     # does not fill it: rows then wait in `pending`); past it, relay threads wait for a
-    # free place instead of memory growing without bound.
-    MAX_QUEUED = 2000
+    # free place instead of memory growing without bound (each flow holds its bodies).
+    MAX_QUEUED = 500
 
     def __init__(self, store, prices, local, hooks=()):
         super().__init__(name="tokenspy-recorder", daemon=True)
@@ -1101,15 +1102,21 @@ class Recorder(threading.Thread):
                 self._write()                 # retry rows kept after a failed write
                 continue
             batch = [item]
-            while len(batch) < self.BATCH:
+            # Gather what arrives within BATCH_WINDOW: one transaction for many turns
+            # costs far less than one each, and a row may land a few ms later.
+            deadline = time.monotonic() + self.BATCH_WINDOW
+            while len(batch) < self.BATCH and item is not None:
                 try:
-                    batch.append(self.queue.get_nowait())
+                    batch.append(self.queue.get(timeout=max(0.0, deadline - time.monotonic())))
                 except queue.Empty:
+                    break
+                if batch[-1] is None:
                     break
             stop = None in batch
             for flow in batch:
                 if flow is not None:
                     self.pending.append(self._row(flow))
+                    time.sleep(0)        # let waiting relay threads have the interpreter lock
             self._write()
             for _ in batch:
                 self.queue.task_done()

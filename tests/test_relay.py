@@ -565,13 +565,17 @@ class RecorderIsolationTest(ProxyTestCase):
         store.insert_turns = slow_insert
         try:
             self.request("GET", "/health")      # warm up
+            self.request(*ROUTES[1][1:5])       # one turn, so the recorder is stuck in its write
+            deadline = time.time() + 2
+            while not calls and time.time() < deadline:
+                time.sleep(0.005)
             elapsed = self.five_requests()
             stalled = bool(calls) and self.db_count() == 0
         finally:
             release.set()
         self.assertTrue(stalled, "the recorder was not stalled in insert_turns during the requests")
         self.assertLess(elapsed, 0.5)
-        self.assertEqual(len(self.rows(expect=5)), 5)
+        self.assertEqual(len(self.rows(expect=6)), 6)
 
     def test_single_write_failure_loses_nothing(self):
         store, original = self.app.store, self.app.store.insert_turns
