@@ -2774,6 +2774,7 @@ class Handler(BaseHTTPRequestHandler):
     # -- relay -------------------------------------------------------------------------
 
     def relay(self, agent, path, query):
+        started, t0 = time.time(), time.perf_counter()       # the request has arrived
         upgrade = (self.headers.get("Upgrade") or "").lower()
         if upgrade:
             return self.refuse_upgrade(upgrade)
@@ -2796,7 +2797,10 @@ class Handler(BaseHTTPRequestHandler):
                 injected = inject_include_usage(body)
                 if injected is not None:
                     body = injected
-        flow = Flow(agent, provider, api, upstream.url, self.command, full_path, self.headers, body) if metered else None
+        flow = None
+        if metered:
+            flow = Flow(agent, provider, api, upstream.url, self.command, full_path, self.headers, body)
+            flow.started, flow.t0 = started, t0
         try:
             conn, resp = upstream.request(self.command, full_path, headers, body)
         except UpstreamError as exc:
