@@ -252,7 +252,6 @@ class Reading:
         self.tools = []            # tool names the response called, in order
         self.error = None
         self.complete = False      # the usage is final (not a start-of-stream placeholder)
-        self.request_id = None
 
 
 def _get(obj, *keys):
@@ -295,7 +294,6 @@ class AnthropicMessages:
         if kind == "message_start":
             msg = obj.get("message") or {}
             r.model = msg.get("model") or r.model
-            r.request_id = r.request_id or msg.get("id")
             if isinstance(msg.get("usage"), dict):
                 r.raw = dict(msg["usage"])
         elif kind == "message_delta":
@@ -884,15 +882,15 @@ class Flow:
                  "request_headers", "request_body", "status", "response_headers", "chunks",
                  "response_bytes", "ttfb", "t_end", "error", "collect_limit", "collected")
 
-    def __init__(self, agent, provider, api, upstream, method, path, headers, body):
+    def __init__(self, agent, provider, api, upstream, method, path, headers, body, started=None, t0=None):
         self.agent = agent
         self.provider = provider
         self.api = api
         self.upstream = upstream
         self.method = method
         self.path = path
-        self.started = time.time()
-        self.t0 = time.perf_counter()
+        self.started = time.time() if started is None else started      # when the request arrived
+        self.t0 = time.perf_counter() if t0 is None else t0
         self.request_headers = headers          # the client's headers (email.message.Message)
         self.request_body = body
         self.status = None
@@ -930,7 +928,7 @@ def build_row(flow, prices, local, analyzer=None):
         "ttfb_ms": int((flow.ttfb - flow.t0) * 1000) if flow.ttfb else None,
         "response_body_bytes": flow.response_bytes, "usage_source": "missing", "estimated_cost_usd": None,
         "ts": int(flow.started * 1000),
-        "request_id": _header(flow.response_headers, "request-id") or _header(flow.response_headers, "x-request-id"),
+        "request_id": next(filter(None, (_header(flow.response_headers, h) for h in REQUEST_ID_HEADERS)), None),
     }
     for name in SESSION_HEADERS:
         if flow.request_headers.get(name):
@@ -1061,9 +1059,11 @@ class Recorder(threading.Thread):
     MAX_PENDING = 100000
     BATCH = 500
     BATCH_WINDOW = 0.05          # seconds
-    # Flows waiting to be read. Only a CPU-saturated process gets here (a failing database
-    # does not fill it: rows then wait in `pending`); past it, relay threads wait for a
-    # free place instead of memory growing without bound (each flow holds its bodies).
+    # Flows waiting to be read. A CPU-saturated process, or a database locked by another
+    # process for longer than the busy timeout, can fill it (failed writes wait in
+    # `pending` while the queue keeps draining). Past it, a relay thread that has already
+    # answered its client waits for a free place before taking the connection's next
+    # request: memory stays bounded and no turn is dropped.
     MAX_QUEUED = 500
 
     def __init__(self, store, prices, local, hooks=()):
@@ -1081,6 +1081,11 @@ class Recorder(threading.Thread):
 
     def submit(self, flow):
         self.queue.put(flow)
+
+    @property
+    def backlog(self):
+        """Turns relayed but not yet written."""
+        return self.queue.qsize() + len(self.pending)
 
     def flush(self, timeout=10.0):
         """Wait until everything submitted so far is written (for tests and shutdown)."""
@@ -1141,7 +1146,7 @@ class Recorder(threading.Thread):
             return
         rows = self.pending
         try:
-            ids = self.store.insert_turns(rows)
+            ids = self.store.insert_turns(rows, attempts=1)   # this loop retries; keep draining
         except Exception as exc:
             self.failures += 1
             log.error("database write failed (%s); %d rows kept for retry", exc, len(rows))
@@ -1196,9 +1201,9 @@ class Upstream:
         self.scheme, self.host, self.port, self.base_path = self.parse(url)
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
-        self.host_header = self.host if self.port in (80, 443) else "%s:%d" % (self.host, self.port)
-        if ":" in self.host and self.port not in (80, 443):
-            self.host_header = "[%s]:%d" % (self.host, self.port)
+        host = "[%s]" % self.host if ":" in self.host else self.host
+        default = 443 if self.scheme == "https" else 80
+        self.host_header = host if self.port == default else "%s:%d" % (host, self.port)
         self._idle = []
         self._lock = threading.Lock()
         self._ssl = ssl.create_default_context() if self.scheme == "https" else None
@@ -1218,7 +1223,7 @@ class Upstream:
 
     def target(self, path):
         """Upstream path for a client path: base path + path, never /v1/v1."""
-        if self.base_path.endswith("/v1") and (path == "/v1" or path.startswith("/v1/") or path.startswith("/v1?")):
+        if self.base_path.endswith("/v1") and (path == "/v1" or path.startswith("/v1/")):
             return self.base_path[:-3] + path
         return self.base_path + path
 
@@ -1273,8 +1278,8 @@ class Upstream:
             except socket.timeout:
                 conn.close()
                 raise UpstreamError("upstream did not answer within %.0f s" % self.read_timeout, timeout=True)
-            except (OSError, http.client.HTTPException) as exc:
-                conn.close()
+            except (OSError, http.client.HTTPException, ValueError) as exc:   # ValueError: a header
+                conn.close()                                                   # http.client refuses
                 raise UpstreamError("cannot reach upstream %s: %s" % (self.url, exc))
         raise UpstreamError("unreachable")
 
@@ -2023,13 +2028,15 @@ class Budgets:
         start = calendar.timegm((t.tm_year, t.tm_mon, t.tm_mday, 0, 0, 0))
         return start, start + 86400
 
-    def status(self, now=None):
+    def status(self, now=None, alerts=True):
         now = now or time.time()
         settings = self.app.settings.read()
         agents = set(self.app.sessions.known_agents())
         out = {"warning_at": BUDGET_WARNING, "webhook_configured": bool(settings["budget_webhook_url"]),
-               "periods": {}, "alerts": [dict(a, payload=json.loads(a["payload"]))
-                                          for a in self.app.store.alerts(now - 86400 * 7, limit=20)]}
+               "periods": {}}
+        if alerts:
+            out["alerts"] = [dict(a, payload=json.loads(a["payload"]))
+                             for a in self.app.store.alerts(now - 86400 * 7, limit=20)]
         for period, key in BUDGET_PERIODS:
             start, end = self.window(period, now)
             spend = self.app.store.spend(start)
@@ -2054,7 +2061,7 @@ class Budgets:
             (a or {}).get(key) is not None for a in settings["agents"].values()) for _, key in BUDGET_PERIODS)
         if not configured:
             return
-        status = self.status()
+        status = self.status(alerts=False)
         for period, entry in status["periods"].items():
             scopes = [("global", None, entry["global"])] + [("agent", a, v) for a, v in entry["agents"].items()]
             for scope, agent, line in scopes:
@@ -2132,7 +2139,7 @@ def api_health(app, query, body):
     return {"status": "ok", "agent": app.config.agent, "uptime_seconds": int(time.time() - app.started),
             "session_char_limit": app.settings.effective(app.config.agent, "session_char_limit"),
             "version": __version__, "db_writable": app.store.writable(),
-            "pending_rows": app.recorder.queue.qsize() + len(app.recorder.pending)}
+            "pending_rows": app.recorder.backlog}
 
 
 def api_usage(app, query, body):
@@ -2483,7 +2490,7 @@ def api_metrics(app, query, body):
                 name, _prom_label(agent), _prom_label(model), repr(round(c[i], 8)) if i == 5 else c[i]))
     out.append("# HELP tokenspy_pending_rows Turns waiting to be written to the database.")
     out.append("# TYPE tokenspy_pending_rows gauge")
-    out.append("tokenspy_pending_rows %d" % (app.recorder.queue.qsize() + len(app.recorder.pending)))
+    out.append("tokenspy_pending_rows %d" % (app.recorder.backlog))
     out.append("# HELP tokenspy_uptime_seconds Seconds since this process started.")
     out.append("# TYPE tokenspy_uptime_seconds gauge")
     out.append("tokenspy_uptime_seconds %d" % (time.time() - app.started))
@@ -2525,9 +2532,6 @@ OWN_PATHS = {"/health", "/dashboard", "/token-usage", "/token_events", "/metrics
 # ---------------------------------------------------------------------------
 # HTTP server: the relay and the API on one port
 # ---------------------------------------------------------------------------
-
-_stdlib_parse_headers = http.client.parse_headers
-
 
 def fast_parse_headers(fp, _class=http.client.HTTPMessage):
     """http.client.parse_headers without the email package's feed parser.
@@ -2735,6 +2739,8 @@ class Handler(BaseHTTPRequestHandler):
                 line = self.rfile.readline(1026)
                 try:
                     n = int(line.split(b";")[0].strip(), 16)
+                    if n < 0:
+                        raise ValueError(n)
                 except ValueError:
                     self.close_connection = True
                     self.send_json(400, {"error": "malformed chunked request body", "status": 400})
@@ -2748,7 +2754,11 @@ class Handler(BaseHTTPRequestHandler):
                     self.close_connection = True
                     self.send_json(413, {"error": "request body over %d bytes" % limit, "status": 413})
                     return None
-                parts.append(self.rfile.read(n))
+                chunk = self.rfile.read(n)
+                if len(chunk) < n:                   # the client went away mid-chunk
+                    self.close_connection = True
+                    return None
+                parts.append(chunk)
                 self.rfile.readline(3)
         length = self.headers.get("Content-Length")
         if not length:
@@ -2799,17 +2809,16 @@ class Handler(BaseHTTPRequestHandler):
                     body = injected
         flow = None
         if metered:
-            flow = Flow(agent, provider, api, upstream.url, self.command, full_path, self.headers, body)
-            flow.started, flow.t0 = started, t0
+            flow = Flow(agent, provider, api, upstream.url, self.command, full_path, self.headers, body, started, t0)
         try:
             conn, resp = upstream.request(self.command, full_path, headers, body)
         except UpstreamError as exc:
             status = 504 if exc.timeout else 502
             log.warning("%s %s -> %d: %s", self.command, full_path, status, exc)
-            self.send_json(status, proxy_error_body(provider, status, str(exc)))
             if flow:
                 flow.status, flow.error, flow.t_end = status, str(exc), time.perf_counter()
                 app.recorder.submit(flow)
+            self.send_json(status, proxy_error_body(provider, status, str(exc)))
             return
         if flow:
             flow.ttfb = time.perf_counter()

@@ -731,7 +731,7 @@ class Store:
             "estimated_cost_usd, client_session_id, model FROM usage WHERE agent = ? AND timestamp >= ? "
             "ORDER BY timestamp DESC, id DESC LIMIT ?", (agent, iso_utc(since_ts), int(limit)))[::-1]
 
-    def spend(self, since_ts, agent=None):
+    def spend(self, since_ts):
         """USD spent since a time: {agent: usd} (None key = all agents)."""
         where, params = self._where(since_ts, None)
         rows = self.query("SELECT agent, SUM(estimated_cost_usd) AS usd FROM usage WHERE %s GROUP BY +agent"

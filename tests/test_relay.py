@@ -541,6 +541,46 @@ class ConnectionTest(ProxyTestCase):
 # The relay never waits on the recorder
 # ---------------------------------------------------------------------------------------
 
+class OddClientInputTest(ProxyTestCase):
+    """Malformed client input gets a clear answer and is never relayed half-read."""
+
+    def raw(self, data, timeout=5):
+        sock = socket.create_connection(("127.0.0.1", self.app.port), timeout=timeout)
+        try:
+            sock.sendall(data)
+            out = b""
+            while True:
+                try:
+                    piece = sock.recv(65536)
+                except socket.timeout:
+                    break
+                if not piece:
+                    break
+                out += piece
+                if b"\r\n\r\n" in out and out.count(b"}") >= 1:
+                    break
+            return out
+        finally:
+            sock.close()
+
+    def test_negative_chunk_size_is_refused(self):
+        t0 = time.perf_counter()
+        out = self.raw(b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nanthropic-version: 2023-06-01\r\n"
+                       b"Transfer-Encoding: chunked\r\n\r\n-1\r\nabc\r\n")
+        self.assertTrue(out.startswith(b"HTTP/1.1 400"), out[:200])
+        self.assertIn(b"malformed chunked", out)
+        self.assertLess(time.perf_counter() - t0, 2.0)
+        self.assertEqual(self.fake.requests, [])
+
+    def test_header_http_client_cannot_send_is_a_502_and_logged(self):
+        out = self.raw(b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nanthropic-version: 2023-06-01\r\n"
+                       b"X-Caf\xe9: 1\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
+        self.assertTrue(out.startswith(b"HTTP/1.1 502"), out[:200])
+        row = self.rows(expect=1)[0]
+        self.assertEqual(row["status"], 502)
+        self.assertIn("cannot reach upstream", row["error"])
+
+
 class RecorderIsolationTest(ProxyTestCase):
 
     def five_requests(self):
