@@ -210,6 +210,12 @@ REQUEST_DROP = HOP_BY_HOP | {"host", "content-length", "expect"}
 DECODABLE = ("gzip", "deflate", "identity", "x-gzip")
 
 
+def forwardable(pairs, drop, connection):
+    """Header pairs without hop-by-hop ones (`drop`) and those named in Connection."""
+    named = {t.strip().lower() for t in (connection or "").split(",")}
+    return [(k, v) for k, v in pairs if k.lower() not in drop and k.lower() not in named]
+
+
 def route_provider(path, headers):
     """(provider, api or None) for a request path (no query) and its headers."""
     hit = METERED.get(path)
@@ -682,22 +688,18 @@ def analyze_request(api, body):
         messages = req.get("messages")
         history = messages
         system = _text(req.get("system"))
-    elif api == "chat":
-        messages = req.get("messages")
+    elif api in ("chat", "responses"):
+        # OpenAI: system/developer messages (chat) or input items (Responses, which may
+        # also have `instructions`) are the system prompt; the rest is the conversation.
+        messages = req.get("messages") if api == "chat" else req.get("input")
+        if isinstance(messages, str):
+            messages = [{"role": "user", "content": messages}]
+        parts = [_text(req.get("instructions"))] if api == "responses" and req.get("instructions") else []
         if isinstance(messages, list):
-            sys_msgs = [m for m in messages if isinstance(m, dict) and m.get("role") in ("system", "developer")]
-            history = [m for m in messages if not (isinstance(m, dict) and m.get("role") in ("system", "developer"))]
-            system = "\n".join(_text(m.get("content")) for m in sys_msgs)
-    elif api == "responses":
-        items = req.get("input")
-        system = _text(req.get("instructions"))
-        if isinstance(items, str):
-            items = [{"role": "user", "content": items}]
-        if isinstance(items, list):
-            messages = items
-            sys_items = [m for m in items if isinstance(m, dict) and m.get("role") in ("system", "developer")]
-            history = [m for m in items if not (isinstance(m, dict) and m.get("role") in ("system", "developer"))]
-            system = "\n".join([system] * bool(system) + [_text(m.get("content")) for m in sys_items])
+            is_system = [isinstance(m, dict) and m.get("role") in ("system", "developer") for m in messages]
+            parts += [_text(m.get("content")) for m, sys_ in zip(messages, is_system) if sys_]
+            history = [m for m, sys_ in zip(messages, is_system) if not sys_]
+        system = "\n".join(parts)
     elif api == "completions":
         prompt = req.get("prompt")
         history = [prompt] if prompt is not None else None
@@ -918,18 +920,23 @@ def _header(pairs, name):
     return None
 
 
-def build_row(flow, prices, local, analyzer=None):
-    """Everything the Recorder logs for a flow -> dict of tokenspy_db.USAGE_COLUMNS."""
-    row = {
-        "timestamp": tokenspy_db.iso_utc(flow.started), "agent": flow.agent,
+def base_row(flow):
+    """What the relay itself knows of a flow: no parsing, so it cannot fail."""
+    return {
+        "timestamp": tokenspy_db.iso_utc(flow.started), "ts": int(flow.started * 1000), "agent": flow.agent,
         "provider": flow.provider, "api": flow.api, "upstream": flow.upstream,
         "method": flow.method, "path": flow.path, "status": flow.status, "error": flow.error,
         "duration_ms": int(((flow.t_end or time.perf_counter()) - flow.t0) * 1000),
         "ttfb_ms": int((flow.ttfb - flow.t0) * 1000) if flow.ttfb else None,
-        "response_body_bytes": flow.response_bytes, "usage_source": "missing", "estimated_cost_usd": None,
-        "ts": int(flow.started * 1000),
-        "request_id": next(filter(None, (_header(flow.response_headers, h) for h in REQUEST_ID_HEADERS)), None),
+        "request_body_bytes": len(flow.request_body or b""), "response_body_bytes": flow.response_bytes,
+        "usage_source": "missing", "estimated_cost_usd": None,
     }
+
+
+def build_row(flow, prices, local, analyzer=None):
+    """Everything the Recorder logs for a flow -> dict of tokenspy_db.USAGE_COLUMNS."""
+    row = base_row(flow)
+    row["request_id"] = next(filter(None, (_header(flow.response_headers, h) for h in REQUEST_ID_HEADERS)), None)
     for name in SESSION_HEADERS:
         if flow.request_headers.get(name):
             row["client_session_id"] = flow.request_headers.get(name)[:200]
@@ -1134,12 +1141,7 @@ class Recorder(threading.Thread):
             return build_row(flow, self.prices, self.local, self.analyzer)
         except Exception as exc:  # a parser bug must not lose the turn
             log.exception("could not read a %s turn; logging it without usage", flow.api)
-            return {"timestamp": tokenspy_db.iso_utc(flow.started), "agent": flow.agent,
-                    "provider": flow.provider, "api": flow.api, "upstream": flow.upstream,
-                    "method": flow.method, "path": flow.path, "status": flow.status,
-                    "usage_source": "missing", "error": "token spy could not read this turn: %r" % exc,
-                    "request_body_bytes": len(flow.request_body or b""),
-                    "response_body_bytes": flow.response_bytes}
+            return dict(base_row(flow), error="token spy could not read this turn: %r" % exc)
 
     def _write(self):
         if not self.pending:
@@ -2796,9 +2798,7 @@ class Handler(BaseHTTPRequestHandler):
         metered = api is not None and self.command == "POST"
         upstream = app.upstreams[provider]
         full_path = upstream.target(path) + ("?" + query if query else "")
-        connection_tokens = {t.strip().lower() for t in (self.headers.get("Connection") or "").split(",")}
-        headers = [(k, v) for k, v in self.headers.items()
-                   if k.lower() not in REQUEST_DROP and k.lower() not in connection_tokens]
+        headers = forwardable(self.headers.items(), REQUEST_DROP, self.headers.get("Connection"))
         if metered:
             narrowed = narrow_accept_encoding(self.headers.get("Accept-Encoding"))
             if narrowed is not None:
@@ -2826,9 +2826,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def relay_response(self, conn, resp, upstream, flow):
         app = self.app
-        connection_tokens = {t.strip().lower() for t in (resp.getheader("Connection") or "").split(",")}
-        out_headers = [(k, v) for k, v in resp.getheaders()
-                       if k.lower() not in HOP_BY_HOP and k.lower() not in connection_tokens]
+        out_headers = forwardable(resp.getheaders(), HOP_BY_HOP, resp.getheader("Connection"))
         no_body = self.command == "HEAD" or resp.status in (204, 304) or 100 <= resp.status < 200
         length = resp.getheader("Content-Length") if not resp.chunked else None
         chunked = not no_body and length is None

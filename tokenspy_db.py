@@ -625,7 +625,7 @@ class Store:
             "MAX(duration_ms) AS max_ms FROM usage WHERE %s AND duration_ms IS NOT NULL "
             "GROUP BY t, +model, +agent" % (w, w, where), params)
 
-    PROMPT_SQL = "(COALESCE(input_tokens, 0) + COALESCE(cache_read_tokens, 0) + COALESCE(cache_write_tokens, 0))"
+    PROMPT_SQL = "(%s)" % _PROMPT
 
     def latency_points(self, since_ts, agent=None, limit=1000):
         """Context size vs latency: sums for the correlation over every turn with usage,
