@@ -1438,17 +1438,15 @@ class SettingsFile:
             if per_agent or rule.default is None:
                 return None
             raise ApiError(400, "%s: a global setting cannot be null" % field)
-        if rule.kind == "url":
-            if not _setting_ok(rule, value):
-                raise ApiError(400, "%s must be an http(s) URL or null, got %s" % (field, json.dumps(value)))
+        if _setting_ok(rule, value):
             return value
+        if rule.kind == "url":
+            raise ApiError(400, "%s must be an http(s) URL or null, got %s" % (field, json.dumps(value)))
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (
                 rule.kind is int and not isinstance(value, int)):
             raise ApiError(400, "%s must be %s, got %s" % (
                 field, "an integer" if rule.kind is int else "a number", json.dumps(value)))
-        if not rule.lo <= value <= rule.hi:
-            raise ApiError(400, "%s must be between %s and %s, got %s" % (field, rule.lo, rule.hi, value))
-        return value
+        raise ApiError(400, "%s must be between %s and %s, got %s" % (field, rule.lo, rule.hi, value))
 
     def update(self, patch):
         """Apply a validated patch atomically; -> (new settings, old settings)."""

@@ -104,6 +104,15 @@ ROLLUP_BATCH = (ROLLUP_UPSERT,) + tuple(_count_upsert(t, "id BETWEEN ? AND ?") f
 ROLLUP_MIN_HOURS = 48            # bucketed series at least this long read whole hours from the rollup
 ROLLUP_MIN_HOURS_TOTALS = 3      # so do plain totals (no time buckets)
 
+
+def rollup_span(since_ts, bucket_s, min_hours):
+    """(first whole hour, current hour start, use the rollup?) for a window from since_ts
+    to now: whole hours in between come from a rollup when there are at least min_hours
+    of them and time buckets (if any) are whole hours; the edges from raw rows."""
+    h0 = -(-int(since_ts) // 3600) * 3600
+    h1 = int(time.time()) // 3600 * 3600
+    return h0, h1, h1 - h0 >= min_hours * 3600 and (bucket_s is None or bucket_s % 3600 == 0)
+
 # ---------------------------------------------------------------------------
 # Schema
 # ---------------------------------------------------------------------------
@@ -500,13 +509,8 @@ class Store:
         Long windows read their whole hours from the hourly rollup and only the partial
         hours at each end from raw rows: the same numbers, without scanning every turn.
         """
-        now = time.time()
-        h0 = -(-int(since_ts) // 3600) * 3600
-        h1 = int(now) // 3600 * 3600
-        if bucket_s is None:
-            rollup = h1 - h0 >= ROLLUP_MIN_HOURS_TOTALS * 3600
-        else:
-            rollup = h1 - h0 >= ROLLUP_MIN_HOURS * 3600 and bucket_s % 3600 == 0
+        h0, h1, rollup = rollup_span(since_ts, bucket_s, ROLLUP_MIN_HOURS_TOTALS if bucket_s is None
+                                     else ROLLUP_MIN_HOURS)
         parts = []
         if rollup:
             parts += self._aggregate_raw(since_ts, h0, agent, by, bucket_s)
@@ -653,9 +657,7 @@ class Store:
         """Turns per agent and COUNT_ROLLUPS[table] columns (and time bucket 't'), from raw
         rows or, for long windows, whole hours of the rollup plus the edges."""
         dims = COUNT_ROLLUPS[table]
-        now = time.time()
-        h0, h1 = -(-int(since_ts) // 3600) * 3600, int(now) // 3600 * 3600
-        use = h1 - h0 >= ROLLUP_MIN_HOURS * 3600 and (bucket_s is None or bucket_s % 3600 == 0)
+        h0, h1, use = rollup_span(since_ts, bucket_s, ROLLUP_MIN_HOURS)
         w = int(bucket_s * 1000) if bucket_s else None
         t_raw = ["(ts / %d) * %d AS t" % (w, w)] if w else []
         t_up = ["(hour * 1000 / %d) * %d AS t" % (w, w)] if w else []
