@@ -2694,25 +2694,22 @@ class Handler(BaseHTTPRequestHandler):
         except OSError:
             return
 
-    def send_raw(self, status, ctype, data):
+    def send_raw(self, status, ctype, data, cache="no-store", extra=()):
+        """One complete response (no body for HEAD): every answer of Token Spy's own."""
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(data)))
-        self.send_header("Cache-Control", "no-store")
+        self.send_header("Cache-Control", cache)
+        for name, value in extra:
+            self.send_header(name, value)
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data)
 
     def send_json(self, status, obj):
         data = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=str).encode("utf-8")
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json; charset=utf-8")
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("Cache-Control", "no-store")
-        self.send_header("X-Content-Type-Options", "nosniff")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
+        self.send_raw(status, "application/json; charset=utf-8", data,
+                      extra=(("X-Content-Type-Options", "nosniff"),))
 
     def send_file(self, path, ctype):
         try:
@@ -2720,13 +2717,7 @@ class Handler(BaseHTTPRequestHandler):
                 data = fh.read()
         except OSError:
             raise ApiError(404, "%s is missing beside tokenspy.py" % os.path.basename(path))
-        self.send_response(200)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("Cache-Control", "no-cache")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
+        self.send_raw(200, ctype, data, cache="no-cache")
 
     # -- request body ------------------------------------------------------------------
 
